@@ -1,0 +1,95 @@
+// swift-tools-version:6.0
+// WiPay — pay at the counter with a phone. Five services over ZeroMQ, a ledger in PostgreSQL.
+import PackageDescription
+
+/// One set of settings for every target: Swift 6 language mode (complete concurrency checking).
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let log = Target.Dependency.product(name: "Logging", package: "swift-log")
+let metrics = Target.Dependency.product(name: "Metrics", package: "swift-metrics")
+let prometheus = Target.Dependency.product(name: "Prometheus", package: "swift-prometheus")
+let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+let crypto = Target.Dependency.product(name: "Crypto", package: "swift-crypto")
+let hummingbird = Target.Dependency.product(name: "Hummingbird", package: "hummingbird")
+let hdr = Target.Dependency.product(name: "Histogram", package: "hdrhistogram-swift")
+
+/// A service is a library (its wiring and logic, used by main and by the tests) plus a thin executable.
+func service(_ name: String, folder: String, library: String, deps: [Target.Dependency]) -> [Target] {
+    [
+        .target(name: library, dependencies: deps, path: "services/\(folder)/Sources", swiftSettings: swiftSettings),
+        .executableTarget(
+            name: name, dependencies: [.target(name: library), "WiPayRuntime", argumentParser],
+            path: "services/\(folder)/main", swiftSettings: swiftSettings),
+    ]
+}
+
+let serviceDeps: [Target.Dependency] = ["WiPayRuntime", "WiPayBus", "ZeroMQ", log, metrics, lifecycle]
+
+let package = Package(
+    name: "wipay",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "bus", targets: ["bus"]),
+        .executable(name: "ledger", targets: ["ledger"]),
+        .executable(name: "payment-router", targets: ["payment-router"]),
+        .executable(name: "notifier", targets: ["notifier"]),
+        .executable(name: "pos-gateway", targets: ["pos-gateway"]),
+        .executable(name: "phone-gateway", targets: ["phone-gateway"]),
+        .executable(name: "payctl", targets: ["payctl"]),
+        .executable(name: "paybench", targets: ["paybench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+    ],
+    targets: [
+        // C libraries from Debian: libzmq3-dev and libpq-dev.
+        .systemLibrary(
+            name: "CZeroMQ", path: "shared/CZeroMQ", providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(
+            name: "CLibPQ", path: "shared/CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+
+        // Our thin Swift layers over them.
+        .target(name: "ZeroMQ", dependencies: ["CZeroMQ"], path: "shared/ZeroMQ", swiftSettings: swiftSettings),
+        .target(name: "Postgres", dependencies: ["CLibPQ"], path: "shared/Postgres", swiftSettings: swiftSettings),
+
+        // The bus protocol (codec, messages) and the bus endpoints (client, worker, publisher, subscriber).
+        .target(name: "WiPayBus", dependencies: ["ZeroMQ", log], path: "shared/WiPayBus", swiftSettings: swiftSettings),
+
+        // What every service shares: configuration, logging, metrics, control socket, heartbeats, lifecycle.
+        .target(
+            name: "WiPayRuntime",
+            dependencies: ["WiPayBus", "ZeroMQ", log, metrics, prometheus, lifecycle, hummingbird, argumentParser],
+            path: "shared/WiPayRuntime", swiftSettings: swiftSettings),
+    ]
+        + service("bus", folder: "bus", library: "BusBroker", deps: serviceDeps)
+        + service("ledger", folder: "ledger", library: "LedgerService", deps: serviceDeps + ["Postgres", crypto])
+        + service("payment-router", folder: "payment-router", library: "PaymentRouterService", deps: serviceDeps)
+        + service("notifier", folder: "notifier", library: "NotifierService", deps: serviceDeps)
+        + service("pos-gateway", folder: "pos-gateway", library: "POSGatewayService", deps: serviceDeps + [hummingbird])
+        + service("phone-gateway", folder: "phone-gateway", library: "PhoneGatewayService", deps: serviceDeps + [hummingbird])
+        + [
+            .executableTarget(
+                name: "payctl", dependencies: ["WiPayBus", "WiPayRuntime", "ZeroMQ", argumentParser, log],
+                path: "ops/payctl", swiftSettings: swiftSettings),
+            .executableTarget(
+                name: "paybench", dependencies: ["WiPayBus", "WiPayRuntime", "ZeroMQ", argumentParser, hdr, log],
+                path: "ops/paybench", swiftSettings: swiftSettings),
+            .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"], path: "Tests/ZeroMQTests", swiftSettings: swiftSettings),
+            .testTarget(name: "WiPayBusTests", dependencies: ["WiPayBus", "ZeroMQ"], path: "Tests/WiPayBusTests", swiftSettings: swiftSettings),
+            .testTarget(
+                name: "IntegrationTests",
+                dependencies: ["WiPayBus", "WiPayRuntime", "ZeroMQ", "Postgres", "LedgerService", "BusBroker"],
+                path: "Tests/IntegrationTests", swiftSettings: swiftSettings),
+        ]
+)

@@ -1,0 +1,4 @@
+#ifndef WIPAY_CLIBPQ_SHIM_H
+#define WIPAY_CLIBPQ_SHIM_H
+#include <libpq-fe.h>
+#endif
