@@ -42,13 +42,16 @@ public struct AccountOpen: BusEncodable, Equatable {
     public var name: String
     /// Wallets only: the PIN, hashed by the ledger with its secret and never stored in clear.
     public var pin: String?
+    /// Merchants: the merchant id that owns the account (one account per merchant).
+    public var ownerId: String?
 
-    public init(accountId: String, kind: AccountKind, currency: String, name: String, pin: String?) {
+    public init(accountId: String, kind: AccountKind, currency: String, name: String, pin: String?, ownerId: String? = nil) {
         self.accountId = accountId
         self.kind = kind
         self.currency = currency
         self.name = name
         self.pin = pin
+        self.ownerId = ownerId
     }
 
     public func encode(to w: inout BusWriter) {
@@ -57,6 +60,7 @@ public struct AccountOpen: BusEncodable, Equatable {
         w.write(currency)
         w.write(name)
         w.write(pin)
+        w.write(ownerId)
     }
 
     public init(from r: inout BusReader) throws(BusDecodeError) {
@@ -68,6 +72,7 @@ public struct AccountOpen: BusEncodable, Equatable {
         currency = try r.readString("currency", max: 8)
         name = try r.readString("name", max: 256)
         pin = try r.readOptionalString("pin", max: 16)
+        ownerId = try r.readOptionalString("owner_id", max: 64)
     }
 }
 

@@ -39,7 +39,7 @@ struct PayCtl: AsyncParsableCommand {
             Every command takes --json (one JSON object on stdout) and exits non-zero with a clear message
             on error. The bus is found through WIPAY_BUS_HOST / WIPAY_BUS_PORT (or --bus-host/--bus-port).
             """,
-        subcommands: [Status.self, Drain.self])
+        subcommands: [Status.self, Drain.self, Merchant.self, Wallet.self, Account.self, Reconcile.self])
 }
 
 /// Collects heartbeats (`hb.*`) for a little over two intervals: every live instance says who it is.

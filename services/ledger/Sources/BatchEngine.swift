@@ -1,0 +1,425 @@
+import Foundation
+import Logging
+import Metrics
+import Postgres
+import Synchronization
+import WiPayBus
+
+/// Batching settings (`WIPAY_LEDGER_BATCH_MAX`, `WIPAY_LEDGER_BATCH_WAIT_US`).
+public struct BatchSettings: Sendable {
+    /// At most this many transfers per database transaction.
+    public var maxBatch: Int
+    /// When fewer than `maxBatch / 4` transfers are waiting, wait this long once for more.
+    public var maxWait: Duration
+    /// Transfers waiting for a batch; past it callers get `503 overloaded` (and retry).
+    public var maxQueued: Int
+
+    public init(maxBatch: Int = 2048, maxWait: Duration = .microseconds(500), maxQueued: Int = 50_000) {
+        self.maxBatch = maxBatch
+        self.maxWait = maxWait
+        self.maxQueued = maxQueued
+    }
+}
+
+/// Posts transfers in batches: the transfers that arrive close together are decided and written in one
+/// PostgreSQL transaction — the touched accounts locked in id order and updated once each with their net
+/// change, the transfers inserted in bulk, one commit with `synchronous_commit` on — and only then is
+/// every caller answered. A transfer that breaks a rule fails alone; its batch goes on.
+///
+/// One thread owns one connection (libpq blocks); callers wait on continuations, never on the thread.
+public final class BatchEngine: Sendable {
+    struct Job: Sendable {
+        let post: TransferPost
+        let reply: @Sendable (BusReply) -> Void
+    }
+
+    private let settings: BatchSettings
+    private let conninfo: String
+    private let pins: PinHasher
+    private let logger: Logger
+    private let queue = Locked<[Job]>([])
+    private let signal = DispatchSemaphore(value: 0)
+    private let stopping = Atomic<Bool>(false)
+    private let finished = DispatchSemaphore(value: 0)
+    private let batchSize = Recorder(label: "wipay_ledger_batch_size")
+    private let batchDuration = Timer(label: "wipay_ledger_batch_duration_seconds", preferredDisplayUnit: .seconds)
+    private let queueDepth = Gauge(label: "wipay_ledger_queue_depth")
+    private let outcomes = Locked<[String: Counter]>([:])
+
+    public init(conninfo: String, pins: PinHasher, settings: BatchSettings, logger: Logger) {
+        self.conninfo = conninfo
+        self.pins = pins
+        self.settings = settings
+        self.logger = logger
+        let thread = Thread { [self] in self.loop() }
+        thread.name = "ledger-batch"
+        thread.start()
+    }
+
+    /// Queues one transfer and waits for its answer (after the commit that holds it).
+    public func post(_ post: TransferPost) async -> BusReply {
+        await withCheckedContinuation { continuation in
+            let accepted = queue.withLock { queue -> Bool in
+                guard queue.count < settings.maxQueued else { return false }
+                queue.append(Job(post: post, reply: { continuation.resume(returning: $0) }))
+                return true
+            }
+            if accepted {
+                signal.signal()
+            } else {
+                continuation.resume(returning: .error(.unavailable, "overloaded", "the ledger's queue is full; retry"))
+            }
+        }
+    }
+
+    public var queued: Int { queue.withLock { $0.count } }
+
+    /// Answers what is queued, then stops the thread.
+    public func stop() {
+        guard !stopping.exchange(true, ordering: .relaxed) else { return }
+        signal.signal()
+        finished.wait()
+    }
+
+    // MARK: the batch thread
+
+    private func loop() {
+        defer { finished.signal() }
+        var connection: PGConnection?
+        while true {
+            _ = signal.wait(timeout: .now() + .milliseconds(200))
+            var jobs = take()
+            if jobs.isEmpty {
+                if stopping.load(ordering: .relaxed) { return }
+                continue
+            }
+            if jobs.count < settings.maxBatch / 4, settings.maxWait > .zero {
+                Thread.sleep(forTimeInterval: Double(settings.maxWait.components.attoseconds) / 1e18
+                    + Double(settings.maxWait.components.seconds))
+                jobs += take(limit: settings.maxBatch - jobs.count)
+            }
+            queueDepth.record(queued)
+            let start = ContinuousClock.now
+            let replies = process(jobs, connection: &connection)
+            batchSize.record(jobs.count)
+            batchDuration.recordNanoseconds(Int64((ContinuousClock.now - start).components.attoseconds / 1_000_000_000)
+                + (ContinuousClock.now - start).components.seconds * 1_000_000_000)
+            for (job, reply) in zip(jobs, replies) {
+                count(reply)
+                job.reply(reply)
+            }
+        }
+    }
+
+    private func take(limit: Int? = nil) -> [Job] {
+        queue.withLock { queue in
+            let n = min(queue.count, limit ?? settings.maxBatch)
+            let taken = Array(queue.prefix(n))
+            queue.removeFirst(n)
+            return taken
+        }
+    }
+
+    private func count(_ reply: BusReply) {
+        let key = reply.status.description
+        let counter = outcomes.withLock { counters in
+            if let existing = counters[key] { return existing }
+            let created = Counter(label: "wipay_ledger_transfers_total", dimensions: [("status", key)])
+            counters[key] = created
+            return created
+        }
+        counter.increment()
+    }
+
+    /// Decides and writes one batch; retries the whole batch on a conflict with another ledger instance
+    /// (a unique violation means someone committed the same id or request first: the retry sees it), and
+    /// falls back to one transfer per transaction when a batch keeps failing, so one bad transfer cannot
+    /// stall the rest.
+    private func process(_ jobs: [Job], connection: inout PGConnection?) -> [BusReply] {
+        for attempt in 1...3 {
+            do {
+                if connection == nil { connection = try PGConnection(conninfo: conninfo) }
+                guard let db = connection else { continue }
+                try db.ensureConnected()
+                return try db.transaction { db in try self.write(jobs.map(\.post), db: db) }
+            } catch let error as PGError {
+                if error.isConnectionError { connection = nil }
+                logger.warning(
+                    "ledger batch failed; retrying",
+                    metadata: ["attempt": "\(attempt)", "batch.size": "\(jobs.count)", "error": "\(error)"])
+                if !error.isConnectionError && !error.isUniqueViolation && !error.isSerializationFailure { break }
+                Thread.sleep(forTimeInterval: 0.01 * Double(attempt))
+            } catch {
+                logger.error("ledger batch failed", metadata: ["error": "\(error)"])
+                break
+            }
+        }
+        guard jobs.count > 1 else {
+            return [.error(.unavailable, "ledger_unavailable", "the ledger could not post this transfer now; retry")]
+        }
+        return jobs.flatMap { process([$0], connection: &connection) }
+    }
+
+    /// One batch inside one transaction. Returns one reply per transfer, in order.
+    func write(_ posts: [TransferPost], db: PGConnection) throws -> [BusReply] {
+        var replies = [BusReply?](repeating: nil, count: posts.count)
+        let ids = Array(Set(posts.map(\.transferId)))
+
+        // 1. Transfers seen before, posted or failed: answer from what was stored.
+        var known: [String: (fields: TransferFields, reply: BusReply)] = [:]
+        let posted = try db.query(
+            """
+            SELECT id, kind, debit_account_id, credit_account_id, amount, currency, payment_request_id, refund_of,
+                   (extract(epoch FROM posted_at) * 1000)::bigint, debit_balance_after, credit_balance_after
+            FROM ledger.transfers WHERE id = ANY($1::text[])
+            """, [PGArray.text(ids)])
+        for row in posted.rows {
+            let fields = TransferFields(row: row)
+            let result = TransferResult(
+                transferId: row[0] ?? "", postedAtMillis: Int64(row[8] ?? "") ?? 0,
+                debitBalance: Int64(row[9] ?? "") ?? 0, creditBalance: Int64(row[10] ?? "") ?? 0)
+            known[fields.id] = (fields, .ok(result, status: .exists))
+        }
+        let failed = try db.query(
+            """
+            SELECT id, kind, debit_account_id, credit_account_id, amount, currency, payment_request_id, refund_of,
+                   status, code, message
+            FROM ledger.failed_transfers WHERE id = ANY($1::text[])
+            """, [PGArray.text(ids)])
+        for row in failed.rows {
+            let fields = TransferFields(row: row)
+            known[fields.id] = (
+                fields,
+                .error(Status(rawValue: UInt16(row[8] ?? "") ?? 422), row[9] ?? "declined", row[10] ?? "declined")
+            )
+        }
+
+        // 2. Lock what the new transfers touch, always in the same order: payments, then accounts, by id.
+        var fresh: [Int] = []
+        var seen: [String: Int] = [:]
+        for (index, post) in posts.enumerated() {
+            if let earlier = known[post.transferId] {
+                replies[index] = earlier.fields == TransferFields(post) ? earlier.reply : Self.conflict(post.transferId)
+            } else if let first = seen[post.transferId] {
+                _ = first  // a duplicate inside this batch: answered from the first one below
+            } else if let failure = LedgerLimits.validate(post) {
+                replies[index] = .error(failure.status, failure.code, failure.message)  // malformed: not stored
+            } else {
+                seen[post.transferId] = index
+                fresh.append(index)
+            }
+        }
+        var book = LedgerBook(accounts: [:])
+        if !fresh.isEmpty {
+            let refundTargets = Set(fresh.compactMap { posts[$0].refundOf }).sorted()
+            if !refundTargets.isEmpty {
+                let rows = try db.query(
+                    """
+                    SELECT id, amount, refunded, debit_account_id, credit_account_id, currency
+                    FROM ledger.transfers WHERE id = ANY($1::text[]) AND kind = 1 ORDER BY id FOR UPDATE
+                    """, [PGArray.text(refundTargets)])
+                for row in rows.rows {
+                    guard let id = row[0], let amount = Int64(row[1] ?? ""), let refunded = Int64(row[2] ?? "") else { continue }
+                    book.payments[id] = PaymentRow(
+                        id: id, amount: amount, refunded: refunded, walletId: row[3] ?? "", merchantId: row[4] ?? "",
+                        currency: row[5] ?? "")
+                }
+            }
+            let accountIds = Set(fresh.flatMap { [posts[$0].debitAccountId, posts[$0].creditAccountId] }).sorted()
+            let rows = try db.query(
+                """
+                SELECT id, kind, currency, debits, credits, encode(pin_hash, 'hex'), pin_failures, locked
+                FROM ledger.accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+                """, [PGArray.text(accountIds)])
+            for row in rows.rows {
+                guard let id = row[0], let kind = AccountKind(rawValue: UInt8(row[1] ?? "") ?? 0) else { continue }
+                book.accounts[id] = AccountRow(
+                    id: id, kind: kind, currency: row[2] ?? "", debits: Int64(row[3] ?? "") ?? 0,
+                    credits: Int64(row[4] ?? "") ?? 0, pinHash: row[5].flatMap(Hex.decode),
+                    pinFailures: Int(row[6] ?? "") ?? 0, locked: row[7] == "t")
+            }
+            let requests = Set(fresh.compactMap { posts[$0].paymentRequestId }).sorted()
+            if !requests.isEmpty {
+                let paid = try db.query(
+                    "SELECT payment_request_id FROM ledger.transfers WHERE kind = 1 AND payment_request_id = ANY($1::text[])",
+                    [PGArray.text(requests)])
+                book.paidRequests = Set(paid.rows.compactMap { $0[0] })
+            }
+        }
+
+        // 3. Decide each new transfer in arrival order against the working set.
+        let postedAt = unixMillis()
+        var inserts: [(TransferPost, Int64, Int64)] = []
+        var failures: [(TransferPost, LedgerFailure)] = []
+        let pins = self.pins
+        for index in fresh {
+            let post = posts[index]
+            switch book.apply(post, checkPin: { account, pin in
+                account.pinHash.map { pins.verify(accountId: account.id, pin: pin, against: $0) } ?? false
+            }) {
+            case .success(let balances):
+                inserts.append((post, balances.debitBalance, balances.creditBalance))
+                replies[index] = .ok(
+                    TransferResult(
+                        transferId: post.transferId, postedAtMillis: postedAt, debitBalance: balances.debitBalance,
+                        creditBalance: balances.creditBalance))
+            case .failure(let failure):
+                failures.append((post, failure))
+                replies[index] = .error(failure.status, failure.code, failure.message)
+            }
+        }
+
+        // 4. Write: accounts once each with their new totals, transfers and failures in bulk.
+        let changed = book.changedAccounts.sorted().compactMap { book.accounts[$0] }
+        if !changed.isEmpty {
+            try db.query(
+                """
+                UPDATE ledger.accounts a SET debits = v.debits, credits = v.credits, pin_failures = v.failures, locked = v.locked
+                FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::smallint[], $5::boolean[])
+                     AS v(id, debits, credits, failures, locked)
+                WHERE a.id = v.id
+                """,
+                [
+                    PGArray.text(changed.map(\.id)), PGArray.int64(changed.map(\.debits)),
+                    PGArray.int64(changed.map(\.credits)), PGArray.int64(changed.map { Int64($0.pinFailures) }),
+                    PGArray.bool(changed.map(\.locked)),
+                ])
+        }
+        if !inserts.isEmpty {
+            try db.query(
+                """
+                INSERT INTO ledger.transfers (id, kind, debit_account_id, credit_account_id, amount, currency,
+                    payment_request_id, refund_of, debit_balance_after, credit_balance_after, posted_at)
+                SELECT id, kind, debit, credit, amount, currency, request, refund_of, debit_after, credit_after,
+                       to_timestamp($11::bigint / 1000.0)
+                FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[],
+                            $8::text[], $9::bigint[], $10::bigint[])
+                     AS v(id, kind, debit, credit, amount, currency, request, refund_of, debit_after, credit_after)
+                """,
+                [
+                    PGArray.text(inserts.map(\.0.transferId)), PGArray.int64(inserts.map { Int64($0.0.kind.rawValue) }),
+                    PGArray.text(inserts.map(\.0.debitAccountId)), PGArray.text(inserts.map(\.0.creditAccountId)),
+                    PGArray.int64(inserts.map(\.0.amountMinor)), PGArray.text(inserts.map(\.0.currency)),
+                    PGArray.text(inserts.map(\.0.paymentRequestId)), PGArray.text(inserts.map(\.0.refundOf)),
+                    PGArray.int64(inserts.map(\.1)), PGArray.int64(inserts.map(\.2)), String(postedAt),
+                ])
+        }
+        let refunded = book.changedPayments.sorted().compactMap { book.payments[$0] }
+        if !refunded.isEmpty {
+            try db.query(
+                """
+                UPDATE ledger.transfers t SET refunded = v.refunded
+                FROM unnest($1::text[], $2::bigint[]) AS v(id, refunded) WHERE t.id = v.id
+                """, [PGArray.text(refunded.map(\.id)), PGArray.int64(refunded.map(\.refunded))])
+        }
+        // Only failures that depend on the book are kept: a retry of the same id gets the same answer.
+        let durable = failures.filter { $0.1.status == .declined || $0.1.status == .notFound }
+        if !durable.isEmpty {
+            try db.query(
+                """
+                INSERT INTO ledger.failed_transfers (id, kind, debit_account_id, credit_account_id, amount, currency,
+                    payment_request_id, refund_of, status, code, message)
+                SELECT * FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::bigint[], $6::text[],
+                                     $7::text[], $8::text[], $9::smallint[], $10::text[], $11::text[])
+                """,
+                [
+                    PGArray.text(durable.map(\.0.transferId)), PGArray.int64(durable.map { Int64($0.0.kind.rawValue) }),
+                    PGArray.text(durable.map(\.0.debitAccountId)), PGArray.text(durable.map(\.0.creditAccountId)),
+                    PGArray.int64(durable.map(\.0.amountMinor)), PGArray.text(durable.map(\.0.currency)),
+                    PGArray.text(durable.map(\.0.paymentRequestId)), PGArray.text(durable.map(\.0.refundOf)),
+                    PGArray.int64(durable.map { Int64($0.1.status.rawValue) }), PGArray.text(durable.map(\.1.code)),
+                    PGArray.text(durable.map(\.1.message)),
+                ])
+        }
+
+        // 5. Duplicates inside the batch get the first one's answer (or a conflict when fields differ).
+        for (index, post) in posts.enumerated() where replies[index] == nil {
+            guard let first = seen[post.transferId], let firstReply = replies[first] else {
+                replies[index] = .error(.internalError, "internal_error", "transfer was not decided")
+                continue
+            }
+            if TransferFields(posts[first]) != TransferFields(post) {
+                replies[index] = Self.conflict(post.transferId)
+            } else if firstReply.status == .ok {
+                replies[index] = BusReply(status: .exists, body: firstReply.body)
+            } else {
+                replies[index] = firstReply
+            }
+        }
+        return replies.map { $0 ?? .error(.internalError, "internal_error", "transfer was not decided") }
+    }
+
+    static func conflict(_ id: String) -> BusReply {
+        .error(.conflict, "exists_with_different_fields", "transfer \(id) exists with different fields")
+    }
+}
+
+/// The fields that make a transfer what it is (the PIN is not one: it is never stored).
+struct TransferFields: Equatable {
+    let id: String
+    let kind: UInt8
+    let debit: String
+    let credit: String
+    let amount: Int64
+    let currency: String
+    let request: String?
+    let refundOf: String?
+
+    init(_ post: TransferPost) {
+        id = post.transferId
+        kind = post.kind.rawValue
+        debit = post.debitAccountId
+        credit = post.creditAccountId
+        amount = post.amountMinor
+        currency = post.currency
+        request = post.paymentRequestId
+        refundOf = post.refundOf
+    }
+
+    init(row: [String?]) {
+        id = row[0] ?? ""
+        kind = UInt8(row[1] ?? "") ?? 0
+        debit = row[2] ?? ""
+        credit = row[3] ?? ""
+        amount = Int64(row[4] ?? "") ?? 0
+        currency = (row[5] ?? "").trimmingCharacters(in: .whitespaces)
+        request = row[6]
+        refundOf = row[7]
+    }
+}
+
+enum Hex {
+    static func decode(_ text: String) -> [UInt8]? {
+        let chars = Array(text.utf8)
+        guard chars.count % 2 == 0 else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(chars.count / 2)
+        var i = 0
+        while i < chars.count {
+            guard let hi = nibble(chars[i]), let lo = nibble(chars[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
+        }
+        return out
+    }
+
+    static func encode(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count * 2)
+        for b in bytes {
+            out.append(digits[Int(b >> 4)])
+            out.append(digits[Int(b & 0xF)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 0x30...0x39: c - 0x30
+        case 0x61...0x66: c - 0x61 + 10
+        case 0x41...0x46: c - 0x41 + 10
+        default: nil
+        }
+    }
+}

@@ -1,0 +1,235 @@
+import Foundation
+import Logging
+import Postgres
+import WiPayBus
+import WiPayRuntime
+
+/// The ledger stage: accounts, transfers and PINs in PostgreSQL (schema `ledger`), served over the bus.
+public final class Ledger: Sendable {
+    public let engine: BatchEngine
+    let pool: PGPool
+    let pins: PinHasher
+    let logger: Logger
+
+    public init(conninfo: String, pins: PinHasher, batch: BatchSettings, logger: Logger) {
+        self.pool = PGPool(conninfo: conninfo, size: 4)
+        self.pins = pins
+        self.logger = logger
+        self.engine = BatchEngine(conninfo: conninfo, pins: pins, settings: batch, logger: logger)
+    }
+
+    /// Applies migrations, retrying while PostgreSQL is not up yet (bounded: `timeout`).
+    public func migrate(timeout: Duration = .seconds(30)) async throws {
+        let end = ContinuousClock.now + timeout
+        while true {
+            do {
+                try await pool.run { try LedgerSchema.migrate($0) }
+                return
+            } catch let error as PGError where error.isConnectionError && ContinuousClock.now < end {
+                logger.warning("database not reachable yet; retrying", metadata: ["error": "\(error)"])
+                try await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    public func handle(_ message: BusMessage) async -> BusReply {
+        do {
+            switch message.envelope.type {
+            case .transferPost:
+                return await engine.post(try TransferPost.decode(message.body))
+            case .accountOpen:
+                return try await open(try AccountOpen.decode(message.body))
+            case .accountShow:
+                let ref = try AccountRef.decode(message.body)
+                guard let info = try await show(ref.accountId) else {
+                    return .error(.notFound, "account_not_found", "no account \(ref.accountId)")
+                }
+                return .ok(info)
+            case .walletUnlock:
+                return try await unlock(try AccountRef.decode(message.body).accountId)
+            case .reconcile:
+                return .ok(try await reconcile())
+            default:
+                return .error(.unknownType, "unknown_type", "the ledger does not handle \(message.envelope.type)")
+            }
+        } catch let error as BusDecodeError {
+            return .error(.badRequest, "bad_request", "\(error)")
+        } catch let error as PGError {
+            logger.error("database error", metadata: ["error": "\(error)", "bus.type": "\(message.envelope.type)"])
+            return .error(.unavailable, "ledger_unavailable", "the ledger database is not available; retry")
+        } catch {
+            logger.error("unexpected error", metadata: ["error": "\(error)"])
+            return .error(.internalError, "internal_error", "unexpected ledger error")
+        }
+    }
+
+    /// Creates an account; the same id with the same fields answers `exists`, other fields `conflict`.
+    func open(_ request: AccountOpen) async throws -> BusReply {
+        guard LedgerLimits.isValidId(request.accountId) else {
+            return .error(.badRequest, "invalid_account_id", "account id must be 1-64 of [A-Za-z0-9_.:-]")
+        }
+        guard Currency.isKnown(request.currency) else {
+            return .error(.badRequest, "unknown_currency", "\(request.currency) is not an ISO 4217 currency code")
+        }
+        let name = request.name.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !name.isEmpty, name.count <= 100 else {
+            return .error(.badRequest, "invalid_name", "a name is 1 to 100 characters")
+        }
+        if let owner = request.ownerId, !LedgerLimits.isValidId(owner) {
+            return .error(.badRequest, "invalid_owner_id", "owner id must be 1-64 of [A-Za-z0-9_.:-]")
+        }
+        var pinHex: String? = nil
+        switch request.kind {
+        case .wallet:
+            guard let pin = request.pin, LedgerLimits.isValidPin(pin) else {
+                return .error(.badRequest, "invalid_pin_format", "a PIN is 4 to 6 digits")
+            }
+            pinHex = Hex.encode(pins.hash(accountId: request.accountId, pin: pin))
+        case .merchant, .funding:
+            guard request.pin == nil else { return .error(.badRequest, "invalid_request", "only wallets have a PIN") }
+        }
+        let pinHash = pinHex
+        let inserted = try await pool.run { db in
+            try db.query(
+                """
+                INSERT INTO ledger.accounts (id, kind, currency, name, owner_id, pin_hash)
+                VALUES ($1, $2, $3, $4, $5, decode($6, 'hex')) ON CONFLICT (id) DO NOTHING RETURNING id
+                """,
+                [request.accountId, String(request.kind.rawValue), request.currency, name, request.ownerId, pinHash]
+            ).count == 1
+        }
+        guard let info = try await show(request.accountId) else {
+            return .error(.internalError, "internal_error", "account vanished after creation")
+        }
+        if inserted {
+            logger.info(
+                "account opened",
+                metadata: ["account.id": "\(info.accountId)", "account.kind": "\(info.kind.name)", "currency": "\(info.currency)"])
+            return .ok(info)
+        }
+        guard info.kind == request.kind, info.currency == request.currency, info.name == name else {
+            return .error(.conflict, "exists_with_different_fields", "account \(request.accountId) exists with other fields")
+        }
+        return .ok(info, status: .exists)
+    }
+
+    func show(_ id: String) async throws -> AccountInfo? {
+        guard LedgerLimits.isValidId(id) else { return nil }
+        let rows = try await pool.run { db in
+            try db.query("SELECT id, kind, currency, name, credits - debits, locked FROM ledger.accounts WHERE id = $1", [id])
+        }
+        guard rows.count == 1, let kind = AccountKind(rawValue: UInt8(rows.string(0, 1) ?? "") ?? 0) else { return nil }
+        return AccountInfo(
+            accountId: rows.string(0, 0) ?? id, kind: kind, currency: rows.string(0, 2) ?? "", name: rows.string(0, 3) ?? "",
+            balance: rows.int64(0, 4) ?? 0, locked: rows.bool(0, 5) ?? false)
+    }
+
+    func unlock(_ id: String) async throws -> BusReply {
+        guard let info = try await show(id) else { return .error(.notFound, "account_not_found", "no account \(id)") }
+        guard info.kind == .wallet else { return .error(.conflict, "not_a_wallet", "account \(id) is not a wallet") }
+        // Through the batch engine's lock order would be ideal; a single-row update is safe on its own.
+        _ = try await pool.run { db in
+            try db.query("UPDATE ledger.accounts SET locked = false, pin_failures = 0 WHERE id = $1", [id])
+        }
+        logger.notice("wallet unlocked", metadata: ["account.id": "\(id)"])
+        return .ok(try await show(id) ?? info)
+    }
+
+    /// Checks every invariant of the book directly in the database (see docs/ledger.md).
+    public func reconcile() async throws -> ReconcileReport {
+        let checks: [(String, String)] = [
+            (
+                "balances_sum_to_zero_per_currency",
+                """
+                SELECT currency || ' sums to ' || sum(credits - debits) FROM ledger.accounts
+                GROUP BY currency HAVING sum(credits - debits) <> 0
+                """
+            ),
+            (
+                "account_totals_match_transfers",
+                """
+                WITH d AS (SELECT debit_account_id AS id, sum(amount) AS s FROM ledger.transfers GROUP BY 1),
+                     c AS (SELECT credit_account_id AS id, sum(amount) AS s FROM ledger.transfers GROUP BY 1)
+                SELECT a.id || ': debits ' || a.debits || ' vs transfers ' || coalesce(d.s, 0)
+                       || ', credits ' || a.credits || ' vs transfers ' || coalesce(c.s, 0)
+                FROM ledger.accounts a LEFT JOIN d ON d.id = a.id LEFT JOIN c ON c.id = a.id
+                WHERE a.debits <> coalesce(d.s, 0) OR a.credits <> coalesce(c.s, 0) LIMIT 100
+                """
+            ),
+            (
+                "transfers_balanced_in_one_currency",
+                """
+                SELECT t.id || ' (' || t.currency || ' between ' || d.currency || ' and ' || c.currency || ')'
+                FROM ledger.transfers t JOIN ledger.accounts d ON d.id = t.debit_account_id
+                JOIN ledger.accounts c ON c.id = t.credit_account_id
+                WHERE t.amount <= 0 OR t.currency <> d.currency OR t.currency <> c.currency LIMIT 100
+                """
+            ),
+            (
+                "no_wallet_below_zero",
+                "SELECT id || ' balance ' || (credits - debits) FROM ledger.accounts WHERE kind <> 3 AND credits < debits LIMIT 100"
+            ),
+            (
+                "one_payment_per_request",
+                """
+                SELECT payment_request_id || ' paid ' || count(*) || ' times' FROM ledger.transfers WHERE kind = 1
+                GROUP BY payment_request_id HAVING count(*) > 1 LIMIT 100
+                """
+            ),
+            (
+                "refunds_within_payment",
+                """
+                SELECT p.id || ': amount ' || p.amount || ', refunds ' || coalesce(sum(r.amount), 0) || ', recorded ' || p.refunded
+                FROM ledger.transfers p LEFT JOIN ledger.transfers r ON r.refund_of = p.id AND r.kind = 2
+                WHERE p.kind = 1 GROUP BY p.id, p.amount, p.refunded
+                HAVING coalesce(sum(r.amount), 0) > p.amount OR coalesce(sum(r.amount), 0) <> p.refunded LIMIT 100
+                """
+            ),
+        ]
+        return try await pool.run { db in
+            // One snapshot for every check.
+            try db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            defer { try? db.execute("COMMIT") }
+            return ReconcileReport(
+                checks: try checks.map { name, sql in
+                    let offending = try db.query(sql).rows.compactMap { $0[0] }
+                    return ReconcileCheck(name: name, ok: offending.isEmpty, offending: offending)
+                })
+        }
+    }
+
+    /// Healthy when the database answers.
+    public func healthCheck() async -> (Bool, String) {
+        do {
+            _ = try await pool.run { try $0.query("SELECT 1") }
+            return (true, "batch queue \(engine.queued)")
+        } catch {
+            return (false, "database: \(error)")
+        }
+    }
+
+    public func stop() { engine.stop() }
+}
+
+/// Wiring for `main` and the tests.
+public enum LedgerStage {
+    public static func batchSettings(_ values: ConfigValues) throws -> BatchSettings {
+        let maxBatch = try values.int(
+            Setting("WIPAY_LEDGER_BATCH_MAX", flag: "batch-max", default: "2048", "Transfers per transaction."),
+            range: 1...20_000)
+        let waitMicros = try values.int(
+            Setting("WIPAY_LEDGER_BATCH_WAIT_US", flag: "batch-wait-us", default: "500", "Extra wait for a fuller batch."),
+            range: 0...100_000)
+        return BatchSettings(maxBatch: maxBatch, maxWait: .microseconds(waitMicros))
+    }
+
+    public static func run(config: RuntimeConfig) async throws {
+        let runtime = try Runtime(config: config)
+        let pins = try PinHasher.load(environment: config.values.environment)
+        let ledger = Ledger(
+            conninfo: config.databaseURL, pins: pins, batch: try batchSettings(config.values), logger: runtime.logger)
+        try await ledger.migrate()
+        defer { ledger.stop() }
+        try await runtime.run(handler: { await ledger.handle($0) }, healthCheck: { await ledger.healthCheck() })
+    }
+}

@@ -1,0 +1,253 @@
+import CLibPQ
+import Foundation
+
+/// A PostgreSQL error: the SQLSTATE (e.g. "23505" unique_violation), the server's message, and what
+/// we were doing. Connection failures have SQLSTATE "08000".
+public struct PGError: Error, Sendable, CustomStringConvertible {
+    public let sqlState: String
+    public let message: String
+    public let context: String
+
+    public init(sqlState: String, message: String, context: String) {
+        self.sqlState = sqlState
+        self.message = message
+        self.context = context
+    }
+
+    public var description: String { "\(context): \(message) (SQLSTATE \(sqlState))" }
+    public var isUniqueViolation: Bool { sqlState == "23505" }
+    public var isCheckViolation: Bool { sqlState == "23514" }
+    public var isSerializationFailure: Bool { sqlState == "40001" || sqlState == "40P01" }
+    /// Class 08 (connection exception) or a lost connection: reconnect and retry.
+    public var isConnectionError: Bool { sqlState.hasPrefix("08") || sqlState == "57P01" }
+}
+
+/// One query result, copied out of libpq so that it can outlive the connection call.
+public struct PGRows: Sendable {
+    public let columns: [String]
+    public let rows: [[String?]]
+    public let affected: Int
+
+    public var count: Int { rows.count }
+
+    public func string(_ row: Int, _ column: Int) -> String? { rows[row][column] }
+    public func int64(_ row: Int, _ column: Int) -> Int64? { rows[row][column].flatMap { Int64($0) } }
+    public func int(_ row: Int, _ column: Int) -> Int? { rows[row][column].flatMap { Int($0) } }
+    public func bool(_ row: Int, _ column: Int) -> Bool? { rows[row][column].map { $0 == "t" } }
+}
+
+/// One libpq connection. **Not thread-safe** — one owner at a time (a `PGPool` slot or the ledger's
+/// batch thread); `@unchecked Sendable` only so ownership can move to that thread. Calls block.
+public final class PGConnection: @unchecked Sendable {
+    private var conn: OpaquePointer?
+    public let conninfo: String
+
+    public init(conninfo: String) throws(PGError) {
+        self.conninfo = conninfo
+        try connect()
+    }
+
+    deinit { if let conn { PQfinish(conn) } }
+
+    private func connect() throws(PGError) {
+        if let conn { PQfinish(conn) }
+        conn = PQconnectdb(conninfo)
+        guard let conn, PQstatus(conn) == CONNECTION_OK else {
+            let message = conn.map { String(cString: PQerrorMessage($0)) } ?? "out of memory"
+            throw PGError(sqlState: "08000", message: message.trimmingCharacters(in: .whitespacesAndNewlines), context: "connect")
+        }
+    }
+
+    public var isHealthy: Bool { conn.map { PQstatus($0) == CONNECTION_OK } ?? false }
+
+    /// Reconnects when the connection was lost (after a server restart, say).
+    public func ensureConnected() throws(PGError) {
+        if let conn, PQstatus(conn) == CONNECTION_OK { return }
+        if let conn {
+            PQreset(conn)
+            if PQstatus(conn) == CONNECTION_OK { return }
+        }
+        try connect()
+    }
+
+    /// Runs one statement with text parameters (`$1`, `$2`, … ; nil is SQL NULL). One round trip.
+    @discardableResult
+    public func query(_ sql: String, _ parameters: [String?] = []) throws(PGError) -> PGRows {
+        guard let conn else { throw PGError(sqlState: "08003", message: "no connection", context: "query") }
+        let result = withParameterPointers(parameters) { pointers in
+            PQexecParams(conn, sql, Int32(parameters.count), nil, pointers, nil, nil, 0)
+        }
+        defer { PQclear(result) }
+        return try Self.rows(result, conn: conn, sql: sql)
+    }
+
+    /// Runs a script of statements without parameters (migrations).
+    public func execute(_ sql: String) throws(PGError) {
+        guard let conn else { throw PGError(sqlState: "08003", message: "no connection", context: "execute") }
+        let result = PQexec(conn, sql)
+        defer { PQclear(result) }
+        _ = try Self.rows(result, conn: conn, sql: sql)
+    }
+
+    /// Runs `body` in a transaction; commits when it returns, rolls back when it throws.
+    public func transaction<T>(_ body: (PGConnection) throws -> T) throws -> T {
+        try execute("BEGIN")
+        do {
+            let value = try body(self)
+            try execute("COMMIT")
+            return value
+        } catch {
+            try? execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    private static func rows(_ result: OpaquePointer?, conn: OpaquePointer, sql: String) throws(PGError) -> PGRows {
+        guard let result else {
+            throw PGError(sqlState: "08006", message: String(cString: PQerrorMessage(conn)), context: summary(sql))
+        }
+        switch PQresultStatus(result) {
+        case PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY:
+            break
+        default:
+            let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) } ?? "XX000"
+            let message = PQresultErrorField(result, Int32(UInt8(ascii: "M"))).map { String(cString: $0) }
+                ?? String(cString: PQerrorMessage(conn))
+            throw PGError(sqlState: state, message: message, context: summary(sql))
+        }
+        let rowCount = Int(PQntuples(result))
+        let columnCount = Int(PQnfields(result))
+        var columns: [String] = []
+        for c in 0..<columnCount { columns.append(String(cString: PQfname(result, Int32(c)))) }
+        var rows: [[String?]] = []
+        rows.reserveCapacity(rowCount)
+        for r in 0..<rowCount {
+            var row: [String?] = []
+            row.reserveCapacity(columnCount)
+            for c in 0..<columnCount {
+                if PQgetisnull(result, Int32(r), Int32(c)) != 0 {
+                    row.append(nil)
+                } else {
+                    row.append(String(cString: PQgetvalue(result, Int32(r), Int32(c))))
+                }
+            }
+            rows.append(row)
+        }
+        let affected = Int(String(cString: PQcmdTuples(result))) ?? 0
+        return PGRows(columns: columns, rows: rows, affected: affected)
+    }
+
+    private static func summary(_ sql: String) -> String {
+        let flat = sql.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        return flat.count > 80 ? String(flat.prefix(80)) + "…" : flat
+    }
+}
+
+/// Calls `body` with C string pointers for `parameters` that stay valid during the call.
+private func withParameterPointers<R>(_ parameters: [String?], _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
+    let storage: [UnsafeMutablePointer<CChar>?] = parameters.map { $0.map { strdup($0) } ?? nil }
+    defer { for pointer in storage { free(pointer) } }
+    return body(storage.map { $0.map { UnsafePointer($0) } })
+}
+
+/// Array literals for `$n::text[]` / `$n::bigint[]` parameters: one round trip carries a whole batch.
+public enum PGArray {
+    public static func text(_ values: [String]) -> String {
+        "{" + values.map(quote).joined(separator: ",") + "}"
+    }
+
+    public static func text(_ values: [String?]) -> String {
+        "{" + values.map { $0.map(quote) ?? "NULL" }.joined(separator: ",") + "}"
+    }
+
+    public static func int64(_ values: [Int64]) -> String {
+        "{" + values.map(String.init).joined(separator: ",") + "}"
+    }
+
+    public static func bool(_ values: [Bool]) -> String {
+        "{" + values.map { $0 ? "t" : "f" }.joined(separator: ",") + "}"
+    }
+
+    private static func quote(_ value: String) -> String {
+        var out = "\""
+        for ch in value.unicodeScalars {
+            if ch == "\"" || ch == "\\" { out += "\\" }
+            out.unicodeScalars.append(ch)
+        }
+        return out + "\""
+    }
+}
+
+/// A small pool of connections, each used on its own thread so that blocking libpq calls never block
+/// Swift's cooperative thread pool. `run` waits for a free connection, at most `size` run at once.
+public final class PGPool: Sendable {
+    private let slots: [Slot]
+    private let free: Locked<[Int]>
+    private let waiters = Locked<[CheckedContinuation<Int, Never>]>([])
+
+    final class Slot: @unchecked Sendable {
+        let queue: DispatchQueue
+        var connection: PGConnection?
+        let conninfo: String
+        init(index: Int, conninfo: String) {
+            queue = DispatchQueue(label: "pg-\(index)")
+            self.conninfo = conninfo
+        }
+    }
+
+    public init(conninfo: String, size: Int) {
+        slots = (0..<max(1, size)).map { Slot(index: $0, conninfo: conninfo) }
+        free = Locked(Array(0..<max(1, size)))
+    }
+
+    /// Runs `body` with a connection on that connection's thread. Reconnects a lost connection first.
+    public func run<T: Sendable>(_ body: @escaping @Sendable (PGConnection) throws -> T) async throws -> T {
+        let index = await acquire()
+        defer { release(index) }
+        let slot = slots[index]
+        return try await withCheckedThrowingContinuation { continuation in
+            slot.queue.async {
+                do {
+                    if slot.connection == nil { slot.connection = try PGConnection(conninfo: slot.conninfo) }
+                    guard let connection = slot.connection else { throw PGError(sqlState: "08003", message: "no connection", context: "pool") }
+                    try connection.ensureConnected()
+                    continuation.resume(returning: try body(connection))
+                } catch {
+                    if let error = error as? PGError, error.isConnectionError { slot.connection = nil }
+                    continuation.resume(throwing: error)
+                }
+            }
+        }
+    }
+
+    private func acquire() async -> Int {
+        if let index = free.withLock({ $0.popLast() }) { return index }
+        return await withCheckedContinuation { continuation in
+            let immediate: Int? = free.withLock { free in
+                if let index = free.popLast() { return index }
+                waiters.withLock { $0.append(continuation) }
+                return nil
+            }
+            if let immediate { continuation.resume(returning: immediate) }
+        }
+    }
+
+    private func release(_ index: Int) {
+        let waiter: CheckedContinuation<Int, Never>? = free.withLock { free in
+            if let next = waiters.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) { return next }
+            free.append(index)
+            return nil
+        }
+        waiter?.resume(returning: index)
+    }
+}
+
+import Synchronization
+
+/// A `Mutex` in a class (shared by reference).
+final class Locked<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R { try mutex.withLock { try body(&$0) } }
+    var value: Value { mutex.withLock { $0 } }
+}
