@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The ledger benchmark behind docs/benchmarks.md: a throwaway PostgreSQL (fsync and synchronous_commit
+# on), the bus and one ledger in release mode, accounts seeded in SQL, then in one run:
+#   pgbench's built-in TPC-B-like load (the single-transaction reference),
+#   paybench ledger: hot mix flat out, uniform mix flat out, hot mix at a steady 5,000/s,
+#   the same again after growing the book to BIG_WALLETS accounts.
+# Usage: ops/scripts/bench-ledger.sh [DURATION_SECONDS]     (env: WALLETS, BIG_WALLETS, MERCHANTS, CONCURRENCY)
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
+cd "$REPO_ROOT"
+DURATION="${1:-15}"
+WALLETS="${WALLETS:-10000}"
+BIG_WALLETS="${BIG_WALLETS:-1000000}"
+MERCHANTS="${MERCHANTS:-1000}"
+CONCURRENCY="${CONCURRENCY:-2048}"
+say() { printf '\n== %s\n' "$*"; }
+
+ops/scripts/deps.sh
+swift build -c release >/dev/null
+BIN="$(swift build -c release --show-bin-path)"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/wipay-bench.XXXXXX")"
+[[ $(id -u) -eq 0 ]] && chown postgres:postgres "$work"
+chmod 755 "$work"
+pids=()
+cleanup() {
+    set +e
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+    ops/scripts/pg.sh stop "$work/pg" >/dev/null 2>&1
+    rm -rf -- "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
+PGPORT="$(free_port)"
+BUSPORT=$(( 20000 + RANDOM % 30000 ))
+ops/scripts/pg.sh start "$work/pg" "$PGPORT" >/dev/null
+export WIPAY_DATABASE_URL="host=127.0.0.1 port=$PGPORT dbname=wipay user=wipay"
+export WIPAY_BUS_PORT="$BUSPORT" WIPAY_LOG_LEVEL=warning WIPAY_LOG_FORMAT=text
+export WIPAY_PIN_SECRET="bench-secret-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+export WIPAY_HTTP_PORT=0
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U wipay -d wipay)
+
+"$BIN/bus" >"$work/bus.log" 2>&1 &
+pids+=($!)
+sleep 0.5
+"$BIN/ledger" >"$work/ledger.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 60); do
+    "$BIN/payctl" status --listen-ms 1200 --expect ledger >/dev/null 2>&1 && break
+    sleep 0.5
+done
+"$BIN/payctl" status --listen-ms 1200 --expect ledger >/dev/null || { cat "$work/ledger.log"; exit 1; }
+
+seed_wallets() { # FROM TO (exclusive)
+    "${PSQL[@]}" -v from="$1" -v to="$2" -v secret="$WIPAY_PIN_SECRET" <<'SQL'
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+INSERT INTO ledger.accounts (id, kind, currency, name) VALUES ('funding-CNY', 3, 'CNY', 'funding CNY')
+    ON CONFLICT (id) DO NOTHING;
+INSERT INTO ledger.accounts (id, kind, currency, name, credits, pin_hash)
+    SELECT 'bw-' || i, 1, 'CNY', 'bench wallet ' || i, 1000000000, hmac('bw-' || i || ':1234', :'secret', 'sha256')
+    FROM generate_series(:from, :to - 1) AS i;
+INSERT INTO ledger.transfers (id, kind, debit_account_id, credit_account_id, amount, currency,
+                              debit_balance_after, credit_balance_after, posted_at)
+    SELECT 'seed-bw-' || i, 3, 'funding-CNY', 'bw-' || i, 1000000000, 'CNY', 0, 1000000000, now()
+    FROM generate_series(:from, :to - 1) AS i;
+UPDATE ledger.accounts SET debits = debits + (:to - :from)::bigint * 1000000000 WHERE id = 'funding-CNY';
+ANALYZE ledger.accounts;
+ANALYZE ledger.transfers;
+SQL
+}
+"${PSQL[@]}" -v m="$MERCHANTS" -c "INSERT INTO ledger.accounts (id, kind, currency, name)
+    SELECT 'bm-' || j, 2, 'CNY', 'bench merchant ' || j FROM generate_series(0, $MERCHANTS - 1) AS j"
+seed_wallets 0 "$WALLETS"
+
+say "machine"
+echo "$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(uname -sr); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+"${PSQL[@]}" -At -c "SELECT version()" | cut -d, -f1
+"${PSQL[@]}" -At -c "SELECT 'fsync=' || current_setting('fsync') || ' synchronous_commit=' || current_setting('synchronous_commit')"
+
+say "pgbench TPC-B-like, scale 10, 16 clients, ${DURATION}s (single-transaction reference)"
+pgbench -i -q -s 10 -h 127.0.0.1 -p "$PGPORT" -U wipay wipay >/dev/null 2>&1
+pgbench -n -c 16 -j 2 -T "$DURATION" -h 127.0.0.1 -p "$PGPORT" -U wipay wipay 2>/dev/null | grep -E "^tps|latency average"
+
+batch_stats() {
+    local url
+    url="$("$BIN/payctl" status --json --listen-ms 1200 | python3 -c 'import json,sys; print([i["http_endpoint"] for i in json.load(sys.stdin)["instances"] if i["service"]=="ledger"][0])')"
+    curl -s "$url/metrics" | python3 -c '
+import sys
+s = c = 0.0
+for line in sys.stdin:
+    if line.startswith("wipay_ledger_batch_size_sum"): s = float(line.split()[-1])
+    if line.startswith("wipay_ledger_batch_size_count"): c = float(line.split()[-1])
+print(f"batches so far: {int(c)}, mean batch size {s / c if c else 0:.0f}")'
+}
+
+run() { # label, paybench args...
+    local label="$1"; shift
+    say "$label"
+    "$BIN/paybench" ledger --wallets "$WALLETS_NOW" --merchants "$MERCHANTS" --duration "$DURATION" "$@"
+    batch_stats
+}
+
+WALLETS_NOW="$WALLETS"
+run "paybench hot mix, flat out, $WALLETS wallets" --mix hot --concurrency "$CONCURRENCY" --prefix a
+run "paybench uniform mix, flat out, $WALLETS wallets" --mix uniform --concurrency "$CONCURRENCY" --prefix b
+run "paybench hot mix at 5,000/s, $WALLETS wallets" --mix hot --rate 5000 --prefix c
+
+say "growing the book to $BIG_WALLETS wallets"
+seed_wallets "$WALLETS" "$BIG_WALLETS"
+WALLETS_NOW="$BIG_WALLETS"
+run "paybench hot mix, flat out, $BIG_WALLETS wallets" --mix hot --concurrency "$CONCURRENCY" --prefix d
+run "paybench hot mix at 5,000/s, $BIG_WALLETS wallets" --mix hot --rate 5000 --prefix e
+
+say "reconcile"
+"$BIN/payctl" reconcile

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# What `make test` runs: the whole test suite against a throwaway PostgreSQL.
+#
+#   ops/scripts/test.sh                       swift build --build-tests, then swift test
+#   TEST_ARGS="--filter LedgerTests" make test extra arguments for `swift test` (word-split)
+#
+# Starts a private PostgreSQL in a mktemp folder on a free port, exports
+#   WIPAY_TEST_DATABASE_URL="host=127.0.0.1 port=PORT dbname=wipay user=wipay"
+# and removes everything again on exit. Exits with swift test's status.
+set -euo pipefail
+
+prog="test.sh"
+say() { printf '%s: %s\n' "$prog" "$*"; }
+die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
+cd "$REPO_ROOT"
+PG_SH=(bash "$REPO_ROOT/ops/scripts/pg.sh")
+
+bash "$REPO_ROOT/ops/scripts/deps.sh"
+
+read -r -a extra_args <<<"${TEST_ARGS:-}"
+
+tmpdir=""
+pgdir=""
+child=""
+# shellcheck disable=SC2317 # called through the EXIT trap
+cleanup() {
+    local rc=$?
+    set +e
+    trap '' INT TERM
+    # Interrupted while swift was running: stop it before pulling the database away.
+    if [[ -n "$child" ]] && kill -0 "$child" 2>/dev/null; then
+        kill -TERM "$child" 2>/dev/null
+        wait "$child" 2>/dev/null
+    fi
+    if [[ -n "$pgdir" && -f "$pgdir/PG_VERSION" ]]; then
+        "${PG_SH[@]}" stop "$pgdir" >/dev/null 2>&1 \
+            || printf '%s: warning: could not stop the test PostgreSQL in %s\n' "$prog" "$pgdir" >&2
+    fi
+    if [[ -n "$tmpdir" && -d "$tmpdir" ]]; then
+        rm -rf -- "$tmpdir"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+tmpdir="$(mktemp -d "${TMPDIR:-/tmp}/wipay-test.XXXXXX")" || die "mktemp -d failed"
+if [[ $(id -u) -eq 0 ]]; then
+    # PostgreSQL runs as the postgres user: it must own (and so traverse) this folder.
+    chown postgres:postgres "$tmpdir" || die "cannot chown $tmpdir to postgres"
+fi
+chmod 755 "$tmpdir"
+pgdir="$tmpdir/pg"
+
+# Runs a command in the background and waits for it, so that INT/TERM reach our trap at once.
+run() {
+    "$@" &
+    child=$!
+    local rc=0
+    wait "$child" || rc=$?
+    child=""
+    return "$rc"
+}
+
+port_in_use() {
+    if command -v ss >/dev/null 2>&1; then
+        [[ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]]
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+
+# A free TCP port on 127.0.0.1: ask the kernel when python3 is there, otherwise probe a range.
+pick_port() {
+    local p
+    if command -v python3 >/dev/null 2>&1; then
+        p="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()' 2>/dev/null)" || p=""
+        if [[ -n "$p" ]] && ! port_in_use "$p"; then
+            printf '%s\n' "$p"
+            return 0
+        fi
+    fi
+    local i
+    for ((i = 0; i < 200; i++)); do
+        p=$((20000 + RANDOM % 30000))
+        if ! port_in_use "$p"; then
+            printf '%s\n' "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# The port could be taken between picking and binding: try a few.
+port=""
+for attempt in 1 2 3; do
+    candidate="$(pick_port)" || die "could not find a free TCP port on 127.0.0.1"
+    if "${PG_SH[@]}" start "$pgdir" "$candidate"; then
+        port="$candidate"
+        break
+    fi
+    say "PostgreSQL did not start on port $candidate (attempt $attempt of 3)"
+done
+[[ -n "$port" ]] || die "could not start the test PostgreSQL (see $pgdir/log above)"
+
+export WIPAY_TEST_DATABASE_URL="host=127.0.0.1 port=$port dbname=wipay user=wipay"
+say "WIPAY_TEST_DATABASE_URL=\"$WIPAY_TEST_DATABASE_URL\""
+
+say "swift build --build-tests"
+run swift build --build-tests || die "swift build --build-tests failed"
+
+say "swift test ${extra_args[*]}"
+status=0
+run swift test "${extra_args[@]}" || status=$?
+if [[ $status -ne 0 ]]; then
+    say "swift test failed with status $status"
+fi
+exit "$status"
