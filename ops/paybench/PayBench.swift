@@ -139,23 +139,28 @@ struct LedgerBench: AsyncParsableCommand {
                 var rng = SplitMix64(state: seed)
                 var n = 0
                 var next = start
+                // Open loop: wake every millisecond and send every request whose time has come (a
+                // per-request sleep cannot keep up with sub-millisecond intervals).
                 while next < end {
-                    let post = makeTransfer(n, rng: &rng)
-                    n += 1
-                    let intended = next
-                    next += interval
-                    if ContinuousClock.now < intended { try? await Task.sleep(until: intended, tolerance: .microseconds(50)) }
-                    group.addTask {
-                        var tally = Tally()
-                        let reply: Result<BusMessage, BusCallError>
-                        do {
-                            reply = .success(try await client.send(
-                                service: "ledger", type: .transferPost, body: post.encoded(), requestId: post.transferId,
-                                attemptTimeout: .seconds(5), totalTimeout: .seconds(20)))
-                        } catch let error as BusCallError { reply = .failure(error) } catch { reply = .failure(.closed) }
-                        Self.record(&tally, reply, micros: UInt64((ContinuousClock.now - intended) / .microseconds(1)))
-                        return tally
+                    let now = ContinuousClock.now
+                    while next <= now && next < end {
+                        let post = makeTransfer(n, rng: &rng)
+                        n += 1
+                        let intended = next
+                        next += interval
+                        group.addTask {
+                            var tally = Tally()
+                            let reply: Result<BusMessage, BusCallError>
+                            do {
+                                reply = .success(try await client.send(
+                                    service: "ledger", type: .transferPost, body: post.encoded(), requestId: post.transferId,
+                                    attemptTimeout: .seconds(5), totalTimeout: .seconds(20)))
+                            } catch let error as BusCallError { reply = .failure(error) } catch { reply = .failure(.closed) }
+                            Self.record(&tally, reply, micros: UInt64((ContinuousClock.now - intended) / .microseconds(1)))
+                            return tally
+                        }
                     }
+                    try? await Task.sleep(for: .milliseconds(1))
                 }
                 var sum = Tally()
                 for await tally in group { sum.add(tally) }

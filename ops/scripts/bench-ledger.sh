@@ -88,11 +88,12 @@ batch_stats() {
     url="$("$BIN/payctl" status --json --listen-ms 1200 | python3 -c 'import json,sys; print([i["http_endpoint"] for i in json.load(sys.stdin)["instances"] if i["service"]=="ledger"][0])')"
     curl -s "$url/metrics" | python3 -c '
 import sys
-s = c = 0.0
+s = c = d = 0.0
 for line in sys.stdin:
     if line.startswith("wipay_ledger_batch_size_sum"): s = float(line.split()[-1])
     if line.startswith("wipay_ledger_batch_size_count"): c = float(line.split()[-1])
-print(f"batches so far: {int(c)}, mean batch size {s / c if c else 0:.0f}")'
+    if line.startswith("wipay_ledger_batch_duration_seconds_sum"): d = float(line.split()[-1])
+print(f"ledger since start: {int(c)} batches, mean batch size {s / c if c else 0:.0f}, mean batch time {1000 * d / c if c else 0:.2f} ms")'
 }
 
 run() { # label, paybench args...
