@@ -17,6 +17,8 @@ public struct PGError: Error, Sendable, CustomStringConvertible {
     public var description: String { "\(context): \(message) (SQLSTATE \(sqlState))" }
     public var isUniqueViolation: Bool { sqlState == "23505" }
     public var isCheckViolation: Bool { sqlState == "23514" }
+    /// Class 22: the data itself is unacceptable (bad encoding, out of range) — the caller's fault.
+    public var isDataError: Bool { sqlState.hasPrefix("22") }
     public var isSerializationFailure: Bool { sqlState == "40001" || sqlState == "40P01" }
     /// Class 08 (connection exception) or a lost connection: reconnect and retry.
     public var isConnectionError: Bool { sqlState.hasPrefix("08") || sqlState == "57P01" }
@@ -74,6 +76,10 @@ public final class PGConnection: @unchecked Sendable {
     @discardableResult
     public func query(_ sql: String, _ parameters: [String?] = []) throws(PGError) -> PGRows {
         guard let conn else { throw PGError(sqlState: "08003", message: "no connection", context: "query") }
+        // libpq takes C strings: a NUL inside a value would silently cut it. Refuse it instead.
+        if parameters.contains(where: { $0?.utf8.contains(0) == true }) {
+            throw PGError(sqlState: "22021", message: "a parameter contains a NUL character", context: Self.summary(sql))
+        }
         let result = withParameterPointers(parameters) { pointers in
             PQexecParams(conn, sql, Int32(parameters.count), nil, pointers, nil, nil, 0)
         }

@@ -33,11 +33,13 @@ public final class BusClient: Sendable {
     private struct Waiter {
         let continuation: CheckedContinuation<BusMessage?, Never>
         let deadline: ContinuousClock.Instant
+        /// Tells two waiters on one request id apart.
+        let token: ContinuousClock.Instant
     }
 
     public let sender: String
     private let pump: SocketPump
-    private let waiters = Locked<[String: Waiter]>([:])
+    private let waiters = Locked<[String: [Waiter]]>([:])
     private let ids: RequestIdGenerator
     private let sweeper: Task<Void, Never>?
     private let logger: Logger
@@ -64,8 +66,9 @@ public final class BusClient: Sendable {
                 return
             }
             // A late duplicate (the answer to an earlier attempt) finds no waiter: dropped, harmless.
-            let waiter = waiters.withLock { $0.removeValue(forKey: message.envelope.requestId) }
-            waiter?.continuation.resume(returning: message)
+            // Two callers waiting on one request id (a caller's own retry racing) both get the answer.
+            let found = waiters.withLock { $0.removeValue(forKey: message.envelope.requestId) } ?? []
+            for waiter in found { waiter.continuation.resume(returning: message) }
         }
         // One sweeper per client ends attempts that got no reply (cheaper than a timer per request).
         sweeper = Task.detached { [waiters] in
@@ -73,8 +76,16 @@ public final class BusClient: Sendable {
                 try? await Task.sleep(for: .milliseconds(20))
                 let now = ContinuousClock.now
                 let expired = waiters.withLock { waiters -> [Waiter] in
-                    let keys = waiters.filter { $0.value.deadline <= now }.map(\.key)
-                    return keys.compactMap { waiters.removeValue(forKey: $0) }
+                    var keys: [String] = []
+                    for (key, list) in waiters where list.contains(where: { $0.deadline <= now }) { keys.append(key) }
+                    var out: [Waiter] = []
+                    for key in keys {
+                        guard let list = waiters[key] else { continue }
+                        let (due, rest) = (list.filter { $0.deadline <= now }, list.filter { $0.deadline > now })
+                        out += due
+                        waiters[key] = rest.isEmpty ? nil : rest
+                    }
+                    return out
                 }
                 for waiter in expired { waiter.continuation.resume(returning: nil) }
             }
@@ -95,6 +106,7 @@ public final class BusClient: Sendable {
         let end = start + totalTimeout
         var attempts = 0
         var backoff = Duration.milliseconds(50)
+        var lastReply: BusMessage?
         while true {
             attempts += 1
             let now = ContinuousClock.now
@@ -103,17 +115,29 @@ public final class BusClient: Sendable {
             let envelope = Envelope(
                 kind: .request, type: type, requestId: requestId, sender: sender, correlation: correlation,
                 sentAtMillis: unixMillis(), deadlineMillis: unixMillis() + Int64(remaining.milliseconds))
+            let token = ContinuousClock.now
             let reply: BusMessage? = await withCheckedContinuation { continuation in
-                waiters.withLock { $0[requestId] = Waiter(continuation: continuation, deadline: attemptEnd) }
+                let waiter = Waiter(continuation: continuation, deadline: attemptEnd, token: token)
+                waiters.withLock { $0[requestId, default: []].append(waiter) }
                 let frames: Frames = [[], Array(service.utf8), envelope.encoded(), body]
                 if !pump.send(frames) {
-                    let waiter = waiters.withLock { $0.removeValue(forKey: requestId) }
-                    waiter?.continuation.resume(returning: nil)
+                    // Not queued (the outbox is full or the client is closing): this attempt failed now.
+                    let mine = waiters.withLock { waiters -> Waiter? in
+                        guard var list = waiters[requestId], let i = list.firstIndex(where: { $0.token == token }) else {
+                            return nil
+                        }
+                        let found = list.remove(at: i)
+                        waiters[requestId] = list.isEmpty ? nil : list
+                        return found
+                    }
+                    mine?.continuation.resume(returning: nil)
                 }
             }
             if let reply, !reply.envelope.status.isRetryable { return reply }
+            if let reply { lastReply = reply }
             if ContinuousClock.now + backoff >= end {
-                if let reply { return reply }
+                // Out of time: the last answer we had (a 503 says more than silence), else a timeout.
+                if let lastReply { return lastReply }
                 throw .timedOut(service: service, type: type, attempts: attempts)
             }
             logger.debug(
@@ -155,6 +179,6 @@ public final class BusClient: Sendable {
             defer { waiters.removeAll() }
             return Array(waiters.values)
         }
-        for waiter in pending { waiter.continuation.resume(returning: nil) }
+        for waiter in pending.joined() { waiter.continuation.resume(returning: nil) }
     }
 }

@@ -122,6 +122,7 @@ final class WorkerService: Service {
         let handler = self.handler
         let service = runtime.config.service
         let worker = self.worker
+        let metrics = RequestMetrics(service: service)
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await worker.heartbeat(every: runtime.config.heartbeatInterval) }
             group.addTask {
@@ -130,10 +131,9 @@ final class WorkerService: Service {
                     let start = ContinuousClock.now
                     let reply = await handler(message)
                     runtime.state.end()
-                    let type = message.envelope.type.description
-                    Counter(label: "wipay_bus_requests_total", dimensions: [("service", service), ("type", type), ("status", reply.status.description)]).increment()
-                    Timer(label: "wipay_bus_request_duration_seconds", dimensions: [("service", service), ("type", type)], preferredDisplayUnit: .seconds)
-                        .recordNanoseconds((ContinuousClock.now - start).nanoseconds)
+                    let (counter, timer) = metrics.instruments(message.envelope.type, reply.status)
+                    counter.increment()
+                    timer.recordNanoseconds((ContinuousClock.now - start).nanoseconds)
                     return reply
                 }
             }
@@ -147,6 +147,29 @@ final class WorkerService: Service {
             group.cancelAll()
         }
         worker.close()
+    }
+}
+
+/// Per type and status request counters and timers, made once (a metrics lookup per request costs).
+final class RequestMetrics: Sendable {
+    private let service: String
+    private let cache = Locked<[UInt32: (Counter, Timer)]>([:])
+
+    init(service: String) { self.service = service }
+
+    func instruments(_ type: MessageType, _ status: Status) -> (Counter, Timer) {
+        let key = UInt32(type.rawValue) << 16 | UInt32(status.rawValue)
+        if let found = cache.withLock({ $0[key] }) { return found }
+        let made = (
+            Counter(
+                label: "wipay_bus_requests_total",
+                dimensions: [("service", service), ("type", type.description), ("status", status.description)]),
+            Timer(
+                label: "wipay_bus_request_duration_seconds", dimensions: [("service", service), ("type", type.description)],
+                preferredDisplayUnit: .seconds)
+        )
+        cache.withLock { $0[key] = made }
+        return made
     }
 }
 

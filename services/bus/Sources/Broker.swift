@@ -172,13 +172,17 @@ public final class Broker: Sendable {
         var nextHeartbeat = ContinuousClock.now + settings.heartbeatInterval
         var nextStats = ContinuousClock.now
 
-        func send(_ socket: ZMQSocket, _ frames: Frames) {
+        /// Sends without blocking; false when the peer is gone (EHOSTUNREACH, thanks to ROUTER_MANDATORY)
+        /// or its queue is full.
+        @discardableResult
+        func send(_ socket: ZMQSocket, _ frames: Frames) -> Bool {
             do {
-                if try !socket.send(frames, dontWait: true) { stats.dropped += 1 }
+                if try socket.send(frames, dontWait: true) { return true }
             } catch {
-                // EHOSTUNREACH: the peer is gone. Its caller retries; count it and carry on.
-                stats.dropped += 1
+                // EHOSTUNREACH: the peer is gone. A caller retries; a worker is removed by our caller.
             }
+            stats.dropped += 1
+            return false
         }
 
         func refuse(_ client: [UInt8], envelopeFrame: [UInt8], status: Status, code: String, message: String) {
@@ -208,10 +212,20 @@ public final class Broker: Sendable {
             return best
         }
 
-        func dispatch(_ workerId: [UInt8], client: [UInt8], envelope: [UInt8], body: [UInt8]) {
-            workers[workerId]?.inFlight += 1
-            stats.routed += 1
-            send(backend, [workerId, [], BrokerCommand.request.frame, client, envelope, body])
+        /// Sends a request to a worker. When the worker's connection is gone (a `kill -9`ed instance is
+        /// noticed here at once, before its heartbeat expires), forgets the worker and tries the next one.
+        func dispatch(_ first: [UInt8], service: String, client: [UInt8], envelope: [UInt8], body: [UInt8]) -> Bool {
+            var candidate: [UInt8]? = first
+            while let workerId = candidate {
+                if send(backend, [workerId, [], BrokerCommand.request.frame, client, envelope, body]) {
+                    workers[workerId]?.inFlight += 1
+                    stats.routed += 1
+                    return true
+                }
+                removeWorker(workerId, reason: "connection gone")
+                candidate = pickWorker(service)
+            }
+            return false
         }
 
         func drainQueue(_ service: String) {
@@ -220,9 +234,12 @@ public final class Broker: Sendable {
             while queue.waitingStart < queue.waiting.count, let id = pickWorker(service) {
                 queue = services[service] ?? queue
                 let item = queue.waiting[queue.waitingStart]
+                guard dispatch(id, service: service, client: item.client, envelope: item.envelope, body: item.body) else {
+                    break  // no live worker after all: the item stays queued
+                }
+                queue = services[service] ?? queue
                 queue.waitingStart += 1
                 services[service] = queue
-                dispatch(id, client: item.client, envelope: item.envelope, body: item.body)
             }
             queue = services[service] ?? queue
             if queue.waitingStart > 1024 && queue.waitingStart * 2 > queue.waiting.count {
@@ -340,8 +357,10 @@ public final class Broker: Sendable {
                             let reply = request.reply(status: .ok, sender: "bus", nowMillis: unixMillis())
                             send(frontend, [frames[0], [], reply.encoded(), Empty().encoded()])
                         }
-                    } else if let id = pickWorker(service) {
-                        dispatch(id, client: frames[0], envelope: frames[3], body: frames[4])
+                    } else if let id = pickWorker(service),
+                        dispatch(id, service: service, client: frames[0], envelope: frames[3], body: frames[4])
+                    {
+                        continue
                     } else if services[service, default: ServiceQueue()].count >= settings.maxQueuedPerService {
                         refuse(
                             frames[0], envelopeFrame: frames[3], status: .unavailable, code: "overloaded",

@@ -58,7 +58,10 @@ public final class BatchEngine: Sendable {
 
     /// Queues one transfer and waits for its answer (after the commit that holds it).
     public func post(_ post: TransferPost) async -> BusReply {
-        await withCheckedContinuation { continuation in
+        if stopping.load(ordering: .relaxed) {
+            return .error(.unavailable, "ledger_stopping", "this ledger instance is stopping; retry")
+        }
+        return await withCheckedContinuation { continuation in
             let accepted = queue.withLock { queue -> Bool in
                 guard queue.count < settings.maxQueued else { return false }
                 queue.append(Job(post: post, reply: { continuation.resume(returning: $0) }))
@@ -163,23 +166,53 @@ public final class BatchEngine: Sendable {
     /// One batch inside one transaction. Returns one reply per transfer, in order.
     func write(_ posts: [TransferPost], db: PGConnection) throws -> [BusReply] {
         var replies = [BusReply?](repeating: nil, count: posts.count)
-        let ids = Array(Set(posts.map(\.transferId)))
 
-        // 1. Transfers seen before, posted or failed: answer from what was stored.
-        var known: [String: (fields: TransferFields, reply: BusReply)] = [:]
-        let posted = try db.query(
-            """
-            SELECT id, kind, debit_account_id, credit_account_id, amount, currency, payment_request_id, refund_of,
-                   (extract(epoch FROM posted_at) * 1000)::bigint, debit_balance_after, credit_balance_after
-            FROM ledger.transfers WHERE id = ANY($1::text[])
-            """, [PGArray.text(ids)])
-        for row in posted.rows {
-            let fields = TransferFields(row: row)
-            let result = TransferResult(
-                transferId: row[0] ?? "", postedAtMillis: Int64(row[8] ?? "") ?? 0,
-                debitBalance: Int64(row[9] ?? "") ?? 0, creditBalance: Int64(row[10] ?? "") ?? 0)
-            known[fields.id] = (fields, .ok(result, status: .exists))
+        // 0. Malformed transfers are answered at once and never reach SQL (nor are they stored).
+        var valid: [Int] = []
+        for (index, post) in posts.enumerated() {
+            if let failure = LedgerLimits.validate(post) {
+                replies[index] = .error(failure.status, failure.code, failure.message)
+            } else {
+                valid.append(index)
+            }
         }
+        var book = LedgerBook(accounts: [:])
+        guard !valid.isEmpty else { return replies.map { $0 ?? Self.undecided } }
+
+        // 1. Lock what these transfers touch, always in the same order — refunded payments, then
+        //    accounts, by id — so that two ledger instances never deadlock, and so that whatever another
+        //    instance committed for the same transfers is visible to the reads that follow.
+        let refundTargets = Set(valid.compactMap { posts[$0].refundOf }).sorted()
+        if !refundTargets.isEmpty {
+            let rows = try db.query(
+                """
+                SELECT id, amount, refunded, debit_account_id, credit_account_id, currency
+                FROM ledger.transfers WHERE id = ANY($1::text[]) AND kind = 1 ORDER BY id FOR UPDATE
+                """, [PGArray.text(refundTargets)])
+            for row in rows.rows {
+                guard let id = row[0], let amount = Int64(row[1] ?? ""), let refunded = Int64(row[2] ?? "") else { continue }
+                book.payments[id] = PaymentRow(
+                    id: id, amount: amount, refunded: refunded, walletId: row[3] ?? "", merchantId: row[4] ?? "",
+                    currency: (row[5] ?? "").trimmingCharacters(in: .whitespaces))
+            }
+        }
+        let accountIds = Set(valid.flatMap { [posts[$0].debitAccountId, posts[$0].creditAccountId] }).sorted()
+        let accountRows = try db.query(
+            """
+            SELECT id, kind, currency, debits, credits, encode(pin_hash, 'hex'), pin_failures, locked
+            FROM ledger.accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+            """, [PGArray.text(accountIds)])
+        for row in accountRows.rows {
+            guard let id = row[0], let kind = AccountKind(rawValue: UInt8(row[1] ?? "") ?? 0) else { continue }
+            book.accounts[id] = AccountRow(
+                id: id, kind: kind, currency: (row[2] ?? "").trimmingCharacters(in: .whitespaces),
+                debits: Int64(row[3] ?? "") ?? 0, credits: Int64(row[4] ?? "") ?? 0, pinHash: row[5].flatMap(Hex.decode),
+                pinFailures: Int(row[6] ?? "") ?? 0, locked: row[7] == "t")
+        }
+
+        // 2. Transfers seen before, failed or posted (a posted row wins): answered from what was stored.
+        let ids = Array(Set(valid.map { posts[$0].transferId }))
+        var known: [String: (fields: TransferFields, reply: BusReply)] = [:]
         let failed = try db.query(
             """
             SELECT id, kind, debit_account_id, credit_account_id, amount, currency, payment_request_id, refund_of,
@@ -193,61 +226,41 @@ public final class BatchEngine: Sendable {
                 .error(Status(rawValue: UInt16(row[8] ?? "") ?? 422), row[9] ?? "declined", row[10] ?? "declined")
             )
         }
+        let posted = try db.query(
+            """
+            SELECT id, kind, debit_account_id, credit_account_id, amount, currency, payment_request_id, refund_of,
+                   (extract(epoch FROM posted_at) * 1000)::bigint, debit_balance_after, credit_balance_after
+            FROM ledger.transfers WHERE id = ANY($1::text[])
+            """, [PGArray.text(ids)])
+        for row in posted.rows {
+            let fields = TransferFields(row: row)
+            let result = TransferResult(
+                transferId: row[0] ?? "", postedAtMillis: Int64(row[8] ?? "") ?? 0,
+                debitBalance: Int64(row[9] ?? "") ?? 0, creditBalance: Int64(row[10] ?? "") ?? 0)
+            known[fields.id] = (fields, .ok(result, status: .exists))
+        }
 
-        // 2. Lock what the new transfers touch, always in the same order: payments, then accounts, by id.
+        // 3. The new ones, each id once (a duplicate inside the batch is answered from the first, below).
         var fresh: [Int] = []
         var seen: [String: Int] = [:]
-        for (index, post) in posts.enumerated() {
+        for index in valid {
+            let post = posts[index]
             if let earlier = known[post.transferId] {
                 replies[index] = earlier.fields == TransferFields(post) ? earlier.reply : Self.conflict(post.transferId)
-            } else if let first = seen[post.transferId] {
-                _ = first  // a duplicate inside this batch: answered from the first one below
-            } else if let failure = LedgerLimits.validate(post) {
-                replies[index] = .error(failure.status, failure.code, failure.message)  // malformed: not stored
-            } else {
+            } else if seen[post.transferId] == nil {
                 seen[post.transferId] = index
                 fresh.append(index)
             }
         }
-        var book = LedgerBook(accounts: [:])
-        if !fresh.isEmpty {
-            let refundTargets = Set(fresh.compactMap { posts[$0].refundOf }).sorted()
-            if !refundTargets.isEmpty {
-                let rows = try db.query(
-                    """
-                    SELECT id, amount, refunded, debit_account_id, credit_account_id, currency
-                    FROM ledger.transfers WHERE id = ANY($1::text[]) AND kind = 1 ORDER BY id FOR UPDATE
-                    """, [PGArray.text(refundTargets)])
-                for row in rows.rows {
-                    guard let id = row[0], let amount = Int64(row[1] ?? ""), let refunded = Int64(row[2] ?? "") else { continue }
-                    book.payments[id] = PaymentRow(
-                        id: id, amount: amount, refunded: refunded, walletId: row[3] ?? "", merchantId: row[4] ?? "",
-                        currency: row[5] ?? "")
-                }
-            }
-            let accountIds = Set(fresh.flatMap { [posts[$0].debitAccountId, posts[$0].creditAccountId] }).sorted()
-            let rows = try db.query(
-                """
-                SELECT id, kind, currency, debits, credits, encode(pin_hash, 'hex'), pin_failures, locked
-                FROM ledger.accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
-                """, [PGArray.text(accountIds)])
-            for row in rows.rows {
-                guard let id = row[0], let kind = AccountKind(rawValue: UInt8(row[1] ?? "") ?? 0) else { continue }
-                book.accounts[id] = AccountRow(
-                    id: id, kind: kind, currency: row[2] ?? "", debits: Int64(row[3] ?? "") ?? 0,
-                    credits: Int64(row[4] ?? "") ?? 0, pinHash: row[5].flatMap(Hex.decode),
-                    pinFailures: Int(row[6] ?? "") ?? 0, locked: row[7] == "t")
-            }
-            let requests = Set(fresh.compactMap { posts[$0].paymentRequestId }).sorted()
-            if !requests.isEmpty {
-                let paid = try db.query(
-                    "SELECT payment_request_id FROM ledger.transfers WHERE kind = 1 AND payment_request_id = ANY($1::text[])",
-                    [PGArray.text(requests)])
-                book.paidRequests = Set(paid.rows.compactMap { $0[0] })
-            }
+        let requests = Set(fresh.compactMap { posts[$0].paymentRequestId }).sorted()
+        if !requests.isEmpty {
+            let paid = try db.query(
+                "SELECT payment_request_id FROM ledger.transfers WHERE kind = 1 AND payment_request_id = ANY($1::text[])",
+                [PGArray.text(requests)])
+            book.paidRequests = Set(paid.rows.compactMap { $0[0] })
         }
 
-        // 3. Decide each new transfer in arrival order against the working set.
+        // 4. Decide each new transfer in arrival order against the working set.
         let postedAt = unixMillis()
         var inserts: [(TransferPost, Int64, Int64)] = []
         var failures: [(TransferPost, LedgerFailure)] = []
@@ -269,7 +282,7 @@ public final class BatchEngine: Sendable {
             }
         }
 
-        // 4. Write: accounts once each with their new totals, transfers and failures in bulk.
+        // 5. Write: accounts once each with their new totals, transfers and failures in bulk.
         let changed = book.changedAccounts.sorted().compactMap { book.accounts[$0] }
         if !changed.isEmpty {
             try db.query(
@@ -312,7 +325,8 @@ public final class BatchEngine: Sendable {
                 FROM unnest($1::text[], $2::bigint[]) AS v(id, refunded) WHERE t.id = v.id
                 """, [PGArray.text(refunded.map(\.id)), PGArray.int64(refunded.map(\.refunded))])
         }
-        // Only failures that depend on the book are kept: a retry of the same id gets the same answer.
+        // Failures decided against the book are kept — declines and unknown accounts or payments alike —
+        // so the same id always gets the same answer ("a failed transfer stays failed").
         let durable = failures.filter { $0.1.status == .declined || $0.1.status == .notFound }
         if !durable.isEmpty {
             try db.query(
@@ -332,7 +346,7 @@ public final class BatchEngine: Sendable {
                 ])
         }
 
-        // 5. Duplicates inside the batch get the first one's answer (or a conflict when fields differ).
+        // 6. Duplicates inside the batch get the first one's answer (or a conflict when fields differ).
         for (index, post) in posts.enumerated() where replies[index] == nil {
             guard let first = seen[post.transferId], let firstReply = replies[first] else {
                 replies[index] = .error(.internalError, "internal_error", "transfer was not decided")
@@ -346,8 +360,10 @@ public final class BatchEngine: Sendable {
                 replies[index] = firstReply
             }
         }
-        return replies.map { $0 ?? .error(.internalError, "internal_error", "transfer was not decided") }
+        return replies.map { $0 ?? Self.undecided }
     }
+
+    static let undecided = BusReply.error(.internalError, "internal_error", "transfer was not decided")
 
     static func conflict(_ id: String) -> BusReply {
         .error(.conflict, "exists_with_different_fields", "transfer \(id) exists with different fields")

@@ -54,6 +54,8 @@ public final class Ledger: Sendable {
             }
         } catch let error as BusDecodeError {
             return .error(.badRequest, "bad_request", "\(error)")
+        } catch let error as PGError where error.isDataError {
+            return .error(.badRequest, "bad_request", "the request holds data the ledger cannot store: \(error.message)")
         } catch let error as PGError {
             logger.error("database error", metadata: ["error": "\(error)", "bus.type": "\(message.envelope.type)"])
             return .error(.unavailable, "ledger_unavailable", "the ledger database is not available; retry")
@@ -89,25 +91,37 @@ public final class Ledger: Sendable {
             guard request.pin == nil else { return .error(.badRequest, "invalid_request", "only wallets have a PIN") }
         }
         let pinHash = pinHex
-        let inserted = try await pool.run { db in
-            try db.query(
-                """
-                INSERT INTO ledger.accounts (id, kind, currency, name, owner_id, pin_hash)
-                VALUES ($1, $2, $3, $4, $5, decode($6, 'hex')) ON CONFLICT (id) DO NOTHING RETURNING id
-                """,
-                [request.accountId, String(request.kind.rawValue), request.currency, name, request.ownerId, pinHash]
-            ).count == 1
+        let owner = request.ownerId
+        let outcome: (inserted: Bool, owner: String?, pinHex: String?)
+        do {
+            outcome = try await pool.run { db in
+                let inserted = try db.query(
+                    """
+                    INSERT INTO ledger.accounts (id, kind, currency, name, owner_id, pin_hash)
+                    VALUES ($1, $2, $3, $4, $5, decode($6, 'hex')) ON CONFLICT (id) DO NOTHING RETURNING id
+                    """,
+                    [request.accountId, String(request.kind.rawValue), request.currency, name, owner, pinHash]
+                ).count == 1
+                let stored = try db.query(
+                    "SELECT owner_id, encode(pin_hash, 'hex') FROM ledger.accounts WHERE id = $1", [request.accountId])
+                return (inserted, stored.count == 1 ? stored.string(0, 0) : nil, stored.count == 1 ? stored.string(0, 1) : nil)
+            }
+        } catch let error as PGError where error.isUniqueViolation {
+            return .error(.conflict, "owner_has_account", "owner \(owner ?? "") already has an account")
         }
         guard let info = try await show(request.accountId) else {
             return .error(.internalError, "internal_error", "account vanished after creation")
         }
-        if inserted {
+        if outcome.inserted {
             logger.info(
                 "account opened",
                 metadata: ["account.id": "\(info.accountId)", "account.kind": "\(info.kind.name)", "currency": "\(info.currency)"])
             return .ok(info)
         }
-        guard info.kind == request.kind, info.currency == request.currency, info.name == name else {
+        // The same id again: an idempotent retry only when every field matches (the PIN included).
+        guard info.kind == request.kind, info.currency == request.currency, info.name == name, outcome.owner == owner,
+            outcome.pinHex == pinHash
+        else {
             return .error(.conflict, "exists_with_different_fields", "account \(request.accountId) exists with other fields")
         }
         return .ok(info, status: .exists)
@@ -154,6 +168,19 @@ public final class Ledger: Sendable {
                        || ', credits ' || a.credits || ' vs transfers ' || coalesce(c.s, 0)
                 FROM ledger.accounts a LEFT JOIN d ON d.id = a.id LEFT JOIN c ON c.id = a.id
                 WHERE a.debits <> coalesce(d.s, 0) OR a.credits <> coalesce(c.s, 0) LIMIT 100
+                """
+            ),
+            (
+                "transfers_reference_accounts",
+                """
+                SELECT t.id || ' has no ' || CASE WHEN d.id IS NULL THEN 'debit' ELSE 'credit' END || ' account'
+                FROM ledger.transfers t LEFT JOIN ledger.accounts d ON d.id = t.debit_account_id
+                LEFT JOIN ledger.accounts c ON c.id = t.credit_account_id
+                WHERE d.id IS NULL OR c.id IS NULL
+                UNION ALL
+                SELECT r.id || ' refunds unknown payment ' || r.refund_of FROM ledger.transfers r
+                LEFT JOIN ledger.transfers p ON p.id = r.refund_of AND p.kind = 1
+                WHERE r.kind = 2 AND p.id IS NULL LIMIT 100
                 """
             ),
             (
