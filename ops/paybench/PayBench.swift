@@ -135,7 +135,10 @@ struct LedgerBench: AsyncParsableCommand {
             }
         } else {
             let interval = Duration.nanoseconds(1_000_000_000 / Int64(rate))
-            total = await withTaskGroup(of: Tally.self) { group in
+            // Children return one small sample each (a histogram per request would cost more than the request).
+            typealias Sample = (reply: Result<BusMessage, BusCallError>, micros: UInt64)
+            total = await withTaskGroup(of: Sample.self) { group in
+                var tally = Tally()
                 var rng = SplitMix64(state: seed)
                 var n = 0
                 var next = start
@@ -149,22 +152,19 @@ struct LedgerBench: AsyncParsableCommand {
                         let intended = next
                         next += interval
                         group.addTask {
-                            var tally = Tally()
                             let reply: Result<BusMessage, BusCallError>
                             do {
                                 reply = .success(try await client.send(
                                     service: "ledger", type: .transferPost, body: post.encoded(), requestId: post.transferId,
                                     attemptTimeout: .seconds(5), totalTimeout: .seconds(20)))
                             } catch let error as BusCallError { reply = .failure(error) } catch { reply = .failure(.closed) }
-                            Self.record(&tally, reply, micros: UInt64((ContinuousClock.now - intended) / .microseconds(1)))
-                            return tally
+                            return (reply, UInt64((ContinuousClock.now - intended) / .microseconds(1)))
                         }
                     }
                     try? await Task.sleep(for: .milliseconds(1))
                 }
-                var sum = Tally()
-                for await tally in group { sum.add(tally) }
-                return sum
+                for await sample in group { Self.record(&tally, sample.reply, micros: sample.micros) }
+                return tally
             }
         }
         let elapsed = Double((ContinuousClock.now - start) / .milliseconds(1)) / 1000

@@ -43,9 +43,11 @@ export WIPAY_HTTP_PORT=0
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U wipay -d wipay)
 
 "$BIN/bus" >"$work/bus.log" 2>&1 &
+BUS_PID=$!
 pids+=($!)
 sleep 0.5
 "$BIN/ledger" >"$work/ledger.log" 2>&1 &
+LEDGER_PID=$!
 pids+=($!)
 for _ in $(seq 1 60); do
     "$BIN/payctl" status --listen-ms 1200 --expect ledger >/dev/null 2>&1 && break
@@ -96,10 +98,29 @@ for line in sys.stdin:
 print(f"ledger since start: {int(c)} batches, mean batch size {s / c if c else 0:.0f}, mean batch time {1000 * d / c if c else 0:.2f} ms")'
 }
 
+# CPU seconds used so far (user + system, from /proc) by a process, or by PostgreSQL's whole tree.
+cpu_of() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+cpu_postgres() {
+    local pm total=0 c
+    pm="$(head -n 1 "$work/pg/postmaster.pid")"
+    for pid in "$pm" $(pgrep -P "$pm"); do c="$(cpu_of "$pid")"; total="$(echo "$total + $c" | bc)"; done
+    echo "$total"
+}
+
 run() { # label, paybench args...
     local label="$1"; shift
     say "$label"
-    "$BIN/paybench" ledger --wallets "$WALLETS_NOW" --merchants "$MERCHANTS" --duration "$DURATION" "$@"
+    local l0 b0 p0 t0 start
+    l0="$(cpu_of "$LEDGER_PID")"; b0="$(cpu_of "$BUS_PID")"; p0="$(cpu_postgres)"; start="$(date +%s.%N)"
+    "$BIN/paybench" ledger --wallets "$WALLETS_NOW" --merchants "$MERCHANTS" --duration "$DURATION" "$@" &
+    local bench=$!
+    t0=0
+    while kill -0 "$bench" 2>/dev/null; do t0="$(cpu_of "$bench")"; sleep 0.2; done
+    wait "$bench"
+    local wall; wall="$(echo "$(date +%s.%N) - $start" | bc)"
+    printf 'CPU over %.1f s wall (cores busy): ledger %.2f, bus %.2f, postgres %.2f, paybench %.2f\n' "$wall" \
+        "$(echo "($(cpu_of "$LEDGER_PID") - $l0) / $wall" | bc -l)" "$(echo "($(cpu_of "$BUS_PID") - $b0) / $wall" | bc -l)" \
+        "$(echo "($(cpu_postgres) - $p0) / $wall" | bc -l)" "$(echo "$t0 / $wall" | bc -l)"
     batch_stats
 }
 
