@@ -175,6 +175,9 @@ public enum PGArray {
     }
 
     private static func quote(_ value: String) -> String {
+        if !value.utf8.contains(where: { $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            return "\"" + value + "\""  // the common case: ids need no escaping
+        }
         var out = "\""
         for ch in value.unicodeScalars {
             if ch == "\"" || ch == "\\" { out += "\\" }

@@ -18,6 +18,8 @@ public final class SocketPump: Sendable {
         var outbox: [Frames] = []
         var operations: [@Sendable (ZMQSocket) -> Void] = []
         var stopping = false
+        /// A wake-up is already on its way to the owner: later sends need not write the eventfd again.
+        var wakePending = false
     }
 
     public let name: String
@@ -62,12 +64,15 @@ public final class SocketPump: Sendable {
     /// Returns `false` when the pump is stopping or its outbox is full.
     @discardableResult
     public func send(_ frames: Frames) -> Bool {
-        let queued = state.withLock { state -> Bool in
-            guard !state.stopping, state.outbox.count < maxPendingSends else { return false }
+        let (queued, needWake) = state.withLock { state -> (Bool, Bool) in
+            guard !state.stopping, state.outbox.count < maxPendingSends else { return (false, false) }
             state.outbox.append(frames)
-            return true
+            let needWake = !state.wakePending
+            state.wakePending = true
+            return (true, needWake)
         }
-        if queued { wake() } else { counters.withLock { $0.dropped += 1 } }
+        if !queued { counters.withLock { $0.dropped += 1 } }
+        if needWake { wake() }
         return queued
     }
 
@@ -117,6 +122,7 @@ public final class SocketPump: Sendable {
                 let taken = (state.operations, state.outbox, state.stopping)
                 state.operations.removeAll(keepingCapacity: true)
                 state.outbox.removeAll(keepingCapacity: true)
+                state.wakePending = false
                 return taken
             }
             for operation in operations { operation(socket) }

@@ -37,7 +37,9 @@ public final class BatchEngine: Sendable {
     private let conninfo: String
     private let pins: PinHasher
     private let logger: Logger
-    private let queue = Locked<[Job]>([])
+    private let queue = Locked<(jobs: [Job], threadWaiting: Bool)>(([], false))
+    /// Wakes the batch thread when it waits for work; producers signal only then (no stale counts
+    /// that would make the thread spin and cut small batches).
     private let signal = DispatchSemaphore(value: 0)
     private let stopping = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
@@ -62,24 +64,26 @@ public final class BatchEngine: Sendable {
             return .error(.unavailable, "ledger_stopping", "this ledger instance is stopping; retry")
         }
         return await withCheckedContinuation { continuation in
-            let accepted = queue.withLock { queue -> Bool in
-                guard queue.count < settings.maxQueued else { return false }
-                queue.append(Job(post: post, reply: { continuation.resume(returning: $0) }))
-                return true
+            let (accepted, wake) = queue.withLock { queue -> (Bool, Bool) in
+                guard queue.jobs.count < settings.maxQueued else { return (false, false) }
+                queue.jobs.append(Job(post: post, reply: { continuation.resume(returning: $0) }))
+                let wake = queue.threadWaiting
+                queue.threadWaiting = false
+                return (true, wake)
             }
-            if accepted {
-                signal.signal()
-            } else {
+            if wake { signal.signal() }
+            if !accepted {
                 continuation.resume(returning: .error(.unavailable, "overloaded", "the ledger's queue is full; retry"))
             }
         }
     }
 
-    public var queued: Int { queue.withLock { $0.count } }
+    public var queued: Int { queue.withLock { $0.jobs.count } }
 
     /// Answers what is queued, then stops the thread.
     public func stop() {
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
+        queue.withLock { $0.threadWaiting = false }
         signal.signal()
         finished.wait()
     }
@@ -90,7 +94,11 @@ public final class BatchEngine: Sendable {
         defer { finished.signal() }
         var connection: PGConnection?
         while true {
-            _ = signal.wait(timeout: .now() + .milliseconds(200))
+            let idle = queue.withLock { queue -> Bool in
+                if queue.jobs.isEmpty { queue.threadWaiting = true }
+                return queue.jobs.isEmpty
+            }
+            if idle { _ = signal.wait(timeout: .now() + .milliseconds(200)) }
             var jobs = take()
             if jobs.isEmpty {
                 if stopping.load(ordering: .relaxed) { return }
@@ -116,9 +124,9 @@ public final class BatchEngine: Sendable {
 
     private func take(limit: Int? = nil) -> [Job] {
         queue.withLock { queue in
-            let n = min(queue.count, limit ?? settings.maxBatch)
-            let taken = Array(queue.prefix(n))
-            queue.removeFirst(n)
+            let n = min(queue.jobs.count, limit ?? settings.maxBatch)
+            let taken = Array(queue.jobs.prefix(n))
+            queue.jobs.removeFirst(n)
             return taken
         }
     }
