@@ -40,6 +40,7 @@ public final class BusWorker: Sendable {
     private let handledCount = Atomic<Int64>(0)
     private let droppedCount = Atomic<Int64>(0)
     private let lastBrokerHeartbeat = Locked<Int64>(0)
+    private let draining = Locked(false)
     private let continuation: AsyncStream<(client: [UInt8], frames: Frames)>.Continuation
     private let logger: Logger
 
@@ -86,7 +87,9 @@ public final class BusWorker: Sendable {
             [], BrokerCommand.heartbeat.frame, Array(service.utf8), Array(instance.utf8), Array(String(credit).utf8),
         ]
         while !Task.isCancelled {
-            pump.send(frames)
+            // A draining worker stops announcing itself: if the broker forgets it (or restarts), it does
+            // not come back as a fresh worker and get new work. Its replies still flow.
+            if !draining.withLock({ $0 }) { pump.send(frames) }
             try? await Task.sleep(for: interval)
         }
     }
@@ -134,6 +137,7 @@ public final class BusWorker: Sendable {
 
     /// Tells the broker to send no more work. Replies to work in progress still go out.
     public func drain() {
+        draining.withLock { $0 = true }
         pump.send([[], BrokerCommand.drain.frame])
     }
 

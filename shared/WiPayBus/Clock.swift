@@ -13,7 +13,14 @@ public final class RequestIdGenerator: Sendable {
     private let prefix: String
     private let counter = Atomic<UInt64>(0)
 
-    public init(prefix: String) { self.prefix = prefix }
+    /// The prefix is cut to 80 safe characters, so ids always fit `Envelope.maxIdBytes`.
+    public init(prefix: String) {
+        let safe = prefix.unicodeScalars.map { scalar -> Character in
+            scalar.isASCII && (CharacterSet.alphanumerics.contains(scalar) || "-._".unicodeScalars.contains(scalar))
+                ? Character(scalar) : "_"
+        }
+        self.prefix = String(safe.prefix(80))
+    }
 
     public func next() -> String {
         let n = counter.wrappingAdd(1, ordering: .relaxed).newValue

@@ -213,9 +213,8 @@ public struct BusEvent: Sendable {
 
     public static func parse(_ frames: Frames) throws(BusDecodeError) -> BusEvent {
         guard frames.count == 3 else { throw BusDecodeError(.wrongFrameCount, "frames") }
-        guard let topic = String(validating: frames[0], as: UTF8.self), frames[0].count <= 256 else {
-            throw BusDecodeError(.invalidUTF8, "topic")
-        }
+        guard frames[0].count <= 256 else { throw BusDecodeError(.tooLong, "topic") }
+        guard let topic = String(validating: frames[0], as: UTF8.self) else { throw BusDecodeError(.invalidUTF8, "topic") }
         let envelope = try Envelope.decode(frames[1])
         guard envelope.kind == .event else { throw BusDecodeError(.badKind, "kind") }
         return BusEvent(topic: topic, envelope: envelope, body: frames[2])

@@ -379,19 +379,21 @@ public final class Broker: Sendable {
                 for (id, worker) in workers where now - worker.lastSeen > settings.workerExpiry {
                     removeWorker(id, reason: "heartbeat expired")
                 }
-                for service in Array(services.keys) {
-                    guard var queue = services[service] else { continue }
-                    while queue.waitingStart < queue.waiting.count, queue.waiting[queue.waitingStart].expires <= now {
-                        let item = queue.waiting[queue.waitingStart]
-                        queue.waitingStart += 1
-                        services[service] = queue
-                        refuse(
-                            item.client, envelopeFrame: item.envelope, status: .unavailable, code: "no_instance",
-                            message: "no instance of \(service) is available; retry")
-                        queue = services[service] ?? queue
-                    }
+            }
+            // Requests that waited too long for a free worker get their 503 (checked every loop, so
+            // within about 100 ms of maxQueueWait).
+            for service in Array(services.keys) {
+                guard var queue = services[service] else { continue }
+                while queue.waitingStart < queue.waiting.count, queue.waiting[queue.waitingStart].expires <= now {
+                    let item = queue.waiting[queue.waitingStart]
+                    queue.waitingStart += 1
                     services[service] = queue
+                    refuse(
+                        item.client, envelopeFrame: item.envelope, status: .unavailable, code: "no_instance",
+                        message: "no instance of \(service) is available; retry")
+                    queue = services[service] ?? queue
                 }
+                services[service] = queue
             }
             if now >= nextStats {
                 nextStats = now + .milliseconds(500)
