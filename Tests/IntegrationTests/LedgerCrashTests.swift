@@ -15,7 +15,7 @@ import ZeroMQ
     import Darwin
 #endif
 
-@Suite("Ledger crash (kill -9)", .enabled(if: TSEnv.hasDatabase, "set WIPAY_TEST_DATABASE_URL to run"))
+@Suite("Ledger crash (kill -9)", .timeLimit(.minutes(2)), .enabled(if: TSEnv.hasDatabase, "set WIPAY_TEST_DATABASE_URL to run"))
 struct LedgerCrashTests {
     typealias F = TSFixture
 

@@ -36,7 +36,7 @@ extension LedgerBook {
     }
 }
 
-@Suite("LedgerBook rules (no database)")
+@Suite("LedgerBook rules (no database)", .timeLimit(.minutes(1)))
 struct LedgerBookTests {
     static func wallet(_ id: String, _ balance: Int64, currency: String = "USD", pin: String? = "1234") -> AccountRow {
         AccountRow(
@@ -314,7 +314,7 @@ struct LedgerBookTests {
 
 // MARK: - the ledger on PostgreSQL
 
-@Suite("Ledger on PostgreSQL", .enabled(if: TSEnv.hasDatabase, "set WIPAY_TEST_DATABASE_URL to run"))
+@Suite("Ledger on PostgreSQL", .timeLimit(.minutes(2)), .enabled(if: TSEnv.hasDatabase, "set WIPAY_TEST_DATABASE_URL to run"))
 struct LedgerDatabaseTests {
     typealias F = TSFixture
 
@@ -1010,7 +1010,7 @@ struct LedgerDatabaseTests {
 /// transfers depend on each other's order (each wallet, payment request and refunded payment appears
 /// at most once; merchants only lose money to refunds, which never exceed what their payments left),
 /// so the model below predicts every answer exactly, whatever order the ledger picks.
-@Suite("Ledger randomized run", .enabled(if: TSEnv.hasDatabase, "set WIPAY_TEST_DATABASE_URL to run"))
+@Suite("Ledger randomized run", .timeLimit(.minutes(2)), .enabled(if: TSEnv.hasDatabase, "set WIPAY_TEST_DATABASE_URL to run"))
 struct LedgerRandomizedTests {
     typealias F = TSFixture
 

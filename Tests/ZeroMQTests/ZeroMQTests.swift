@@ -121,7 +121,7 @@ import Testing
     }
 }
 
-@Suite struct SocketPumpTests {
+@Suite(.timeLimit(.minutes(1))) struct SocketPumpTests {
     @Test func pumpsBridgeThreadsBothWays() async throws {
         let context = try ZMQContext()
         let routerSocket = try ZMQSocket(context, .router)
