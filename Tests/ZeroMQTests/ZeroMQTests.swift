@@ -125,6 +125,8 @@ import Testing
     @Test func pumpsBridgeThreadsBothWays() async throws {
         let context = try ZMQContext()
         let routerSocket = try ZMQSocket(context, .router)
+        // A ROUTER drops what it cannot queue unless it is told to report it (then the pump waits).
+        try routerSocket.setRouterMandatory(true)
         try routerSocket.bind("tcp://127.0.0.1:*")
         let endpoint = try routerSocket.lastEndpoint
         // An echo server whose replies go back through its own pump.

@@ -172,17 +172,20 @@ public final class Broker: Sendable {
         var nextHeartbeat = ContinuousClock.now + settings.heartbeatInterval
         var nextStats = ContinuousClock.now
 
-        /// Sends without blocking; false when the peer is gone (EHOSTUNREACH, thanks to ROUTER_MANDATORY)
-        /// or its queue is full.
+        enum SendOutcome { case sent, full, gone }
+
+        /// Sends without blocking. `full`: the peer's queue is at its high-water mark (EAGAIN);
+        /// `gone`: the peer has disconnected (EHOSTUNREACH, thanks to ROUTER_MANDATORY).
         @discardableResult
-        func send(_ socket: ZMQSocket, _ frames: Frames) -> Bool {
+        func send(_ socket: ZMQSocket, _ frames: Frames) -> SendOutcome {
             do {
-                if try socket.send(frames, dontWait: true) { return true }
+                if try socket.send(frames, dontWait: true) { return .sent }
+                stats.dropped += 1
+                return .full
             } catch {
-                // EHOSTUNREACH: the peer is gone. A caller retries; a worker is removed by our caller.
+                stats.dropped += 1
+                return .gone
             }
-            stats.dropped += 1
-            return false
         }
 
         func refuse(_ client: [UInt8], envelopeFrame: [UInt8], status: Status, code: String, message: String) {
@@ -216,13 +219,19 @@ public final class Broker: Sendable {
         /// noticed here at once, before its heartbeat expires), forgets the worker and tries the next one.
         func dispatch(_ first: [UInt8], service: String, client: [UInt8], envelope: [UInt8], body: [UInt8]) -> Bool {
             var candidate: [UInt8]? = first
-            while let workerId = candidate {
-                if send(backend, [workerId, [], BrokerCommand.request.frame, client, envelope, body]) {
+            var tried: Set<[UInt8]> = []
+            while let workerId = candidate, !tried.contains(workerId) {
+                tried.insert(workerId)
+                switch send(backend, [workerId, [], BrokerCommand.request.frame, client, envelope, body]) {
+                case .sent:
                     workers[workerId]?.inFlight += 1
                     stats.routed += 1
                     return true
+                case .gone:
+                    removeWorker(workerId, reason: "connection gone")
+                case .full:
+                    break  // busy beyond its queue: try another instance, else the request waits here
                 }
-                removeWorker(workerId, reason: "connection gone")
                 candidate = pickWorker(service)
             }
             return false
