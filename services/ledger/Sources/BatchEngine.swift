@@ -13,11 +13,15 @@ public struct BatchSettings: Sendable {
     public var maxWait: Duration
     /// Transfers waiting for a batch; past it callers get `503 overloaded` (and retry).
     public var maxQueued: Int
+    /// Batch threads, each with its own connection: while one batch commits, the next is decided.
+    /// They take the same locks in the same order, so they never deadlock.
+    public var workers: Int
 
-    public init(maxBatch: Int = 2048, maxWait: Duration = .microseconds(500), maxQueued: Int = 50_000) {
+    public init(maxBatch: Int = 2048, maxWait: Duration = .microseconds(500), maxQueued: Int = 50_000, workers: Int = 1) {
         self.maxBatch = maxBatch
         self.maxWait = maxWait
         self.maxQueued = maxQueued
+        self.workers = max(1, workers)
     }
 }
 
@@ -37,7 +41,7 @@ public final class BatchEngine: Sendable {
     private let conninfo: String
     private let pins: PinHasher
     private let logger: Logger
-    private let queue = Locked<(jobs: [Job], threadWaiting: Bool)>(([], false))
+    private let queue = Locked<(jobs: [Job], threadsWaiting: Int)>(([], 0))
     /// Wakes the batch thread when it waits for work; producers signal only then (no stale counts
     /// that would make the thread spin and cut small batches).
     private let signal = DispatchSemaphore(value: 0)
@@ -53,9 +57,11 @@ public final class BatchEngine: Sendable {
         self.pins = pins
         self.settings = settings
         self.logger = logger
-        let thread = Thread { [self] in self.loop() }
-        thread.name = "ledger-batch"
-        thread.start()
+        for index in 0..<settings.workers {
+            let thread = Thread { [self] in self.loop() }
+            thread.name = "ledger-batch-\(index)"
+            thread.start()
+        }
     }
 
     /// Queues one transfer and waits for its answer (after the commit that holds it).
@@ -67,8 +73,8 @@ public final class BatchEngine: Sendable {
             let (accepted, wake) = queue.withLock { queue -> (Bool, Bool) in
                 guard queue.jobs.count < settings.maxQueued else { return (false, false) }
                 queue.jobs.append(Job(post: post, reply: { continuation.resume(returning: $0) }))
-                let wake = queue.threadWaiting
-                queue.threadWaiting = false
+                let wake = queue.threadsWaiting > 0
+                if wake { queue.threadsWaiting -= 1 }
                 return (true, wake)
             }
             if wake { signal.signal() }
@@ -83,9 +89,9 @@ public final class BatchEngine: Sendable {
     /// Answers what is queued, then stops the thread.
     public func stop() {
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
-        queue.withLock { $0.threadWaiting = false }
-        signal.signal()
-        finished.wait()
+        queue.withLock { $0.threadsWaiting = 0 }
+        for _ in 0..<settings.workers { signal.signal() }
+        for _ in 0..<settings.workers { finished.wait() }
     }
 
     // MARK: the batch thread
@@ -95,10 +101,14 @@ public final class BatchEngine: Sendable {
         var connection: PGConnection?
         while true {
             let idle = queue.withLock { queue -> Bool in
-                if queue.jobs.isEmpty { queue.threadWaiting = true }
+                if queue.jobs.isEmpty { queue.threadsWaiting += 1 }
                 return queue.jobs.isEmpty
             }
-            if idle { _ = signal.wait(timeout: .now() + .milliseconds(200)) }
+            if idle, signal.wait(timeout: .now() + .milliseconds(200)) == .timedOut {
+                // Nobody woke us: take ourselves off the count (at worst another idle thread waits out
+                // its own timeout once).
+                queue.withLock { $0.threadsWaiting = max(0, $0.threadsWaiting - 1) }
+            }
             var jobs = take()
             if jobs.isEmpty {
                 if stopping.load(ordering: .relaxed) { return }

@@ -247,7 +247,10 @@ public enum LedgerStage {
         let waitMicros = try values.int(
             Setting("WIPAY_LEDGER_BATCH_WAIT_US", flag: "batch-wait-us", default: "500", "Extra wait for a fuller batch."),
             range: 0...100_000)
-        return BatchSettings(maxBatch: maxBatch, maxWait: .microseconds(waitMicros))
+        let workers = try values.int(
+            Setting("WIPAY_LEDGER_BATCH_WORKERS", flag: "batch-workers", default: "1", "Batches in flight at once."),
+            range: 1...16)
+        return BatchSettings(maxBatch: maxBatch, maxWait: .microseconds(waitMicros), workers: workers)
     }
 
     public static func run(config: RuntimeConfig) async throws {
