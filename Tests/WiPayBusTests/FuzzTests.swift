@@ -2,22 +2,8 @@ import Testing
 import WiPayBus
 import ZeroMQ
 
-/// SplitMix64: tiny, fast and fully specified here, so a failing seed reproduces on any Swift version
-/// (the standard library's `random(in:using:)` algorithms are not promised to stay the same).
-struct SplitMix64: RandomNumberGenerator {
-    private(set) var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// 0..<bound (a modulo bias is irrelevant here).
+/// Helpers over the shared seeded PRNG.
+extension SplitMix64 {
     mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
     mutating func byte() -> UInt8 { UInt8(truncatingIfNeeded: next()) }
     mutating func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in byte() } }

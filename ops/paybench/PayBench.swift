@@ -13,18 +13,6 @@ struct PayBench: AsyncParsableCommand {
         subcommands: [LedgerBench.self])
 }
 
-/// A small, fast, seeded PRNG (SplitMix64): reproducible mixes.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 struct LedgerBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ledger",
@@ -112,7 +100,7 @@ struct LedgerBench: AsyncParsableCommand {
                 for worker in 0..<concurrency {
                     group.addTask { [self] in
                         var tally = Tally()
-                        var rng = SplitMix64(state: seed &+ UInt64(worker) &* 7919)
+                        var rng = SplitMix64(seed: seed &+ UInt64(worker) &* 7919)
                         var n = worker
                         while ContinuousClock.now < end {
                             let post = makeTransfer(n, rng: &rng)
@@ -139,7 +127,7 @@ struct LedgerBench: AsyncParsableCommand {
             typealias Sample = (reply: Result<BusMessage, BusCallError>, micros: UInt64)
             total = await withTaskGroup(of: Sample.self) { group in
                 var tally = Tally()
-                var rng = SplitMix64(state: seed)
+                var rng = SplitMix64(seed: seed)
                 var n = 0
                 var next = start
                 // Open loop: wake every millisecond and send every request whose time has come (a

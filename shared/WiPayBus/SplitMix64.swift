@@ -1,0 +1,16 @@
+/// SplitMix64 (Steele, Lea, Flood 2014): a tiny, fast, seeded PRNG whose sequence is fully specified
+/// here, so a seed reproduces a benchmark mix or a failing randomized test on any Swift version (the
+/// standard library's generators and `random(in:using:)` algorithms are not promised to stay the same).
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public private(set) var state: UInt64
+
+    public init(seed: UInt64) { state = seed }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
