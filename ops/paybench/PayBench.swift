@@ -73,6 +73,19 @@ struct LedgerBench: AsyncParsableCommand {
             amountMinor: Int64(1 + rng.next() % 1000), currency: currency, paymentRequestId: id, pin: "1234")
     }
 
+    /// One transfer over the bus, retried by the client with the same id for up to 20 s.
+    static func post(_ post: TransferPost, client: BusClient) async -> Result<BusMessage, BusCallError> {
+        do {
+            return .success(try await client.send(
+                service: "ledger", type: .transferPost, body: post.encoded(), requestId: post.transferId,
+                attemptTimeout: .seconds(5), totalTimeout: .seconds(20)))
+        } catch let error as BusCallError {
+            return .failure(error)
+        } catch {
+            return .failure(.closed)
+        }
+    }
+
     static func record(_ tally: inout Tally, _ reply: Result<BusMessage, BusCallError>, micros: UInt64) {
         switch reply {
         case .success(let message):
@@ -106,12 +119,7 @@ struct LedgerBench: AsyncParsableCommand {
                             let post = makeTransfer(n, rng: &rng)
                             n += concurrency
                             let sent = ContinuousClock.now
-                            let reply: Result<BusMessage, BusCallError>
-                            do {
-                                reply = .success(try await client.send(
-                                    service: "ledger", type: .transferPost, body: post.encoded(), requestId: post.transferId,
-                                    attemptTimeout: .seconds(5), totalTimeout: .seconds(20)))
-                            } catch let error as BusCallError { reply = .failure(error) } catch { reply = .failure(.closed) }
+                            let reply = await Self.post(post, client: client)
                             Self.record(&tally, reply, micros: UInt64((ContinuousClock.now - sent) / .microseconds(1)))
                         }
                         return tally
@@ -140,12 +148,7 @@ struct LedgerBench: AsyncParsableCommand {
                         let intended = next
                         next += interval
                         group.addTask {
-                            let reply: Result<BusMessage, BusCallError>
-                            do {
-                                reply = .success(try await client.send(
-                                    service: "ledger", type: .transferPost, body: post.encoded(), requestId: post.transferId,
-                                    attemptTimeout: .seconds(5), totalTimeout: .seconds(20)))
-                            } catch let error as BusCallError { reply = .failure(error) } catch { reply = .failure(.closed) }
+                            let reply = await Self.post(post, client: client)
                             return (reply, UInt64((ContinuousClock.now - intended) / .microseconds(1)))
                         }
                     }
