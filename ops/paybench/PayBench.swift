@@ -79,10 +79,8 @@ struct LedgerBench: AsyncParsableCommand {
             return .success(try await client.send(
                 service: "ledger", type: .transferPost, body: post.encoded(), requestId: post.transferId,
                 attemptTimeout: .seconds(5), totalTimeout: .seconds(20)))
-        } catch let error as BusCallError {
-            return .failure(error)
         } catch {
-            return .failure(.closed)
+            return .failure(error)
         }
     }
 
