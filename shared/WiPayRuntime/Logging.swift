@@ -50,13 +50,13 @@ public struct LineLogHandler: LogHandler {
         var line: String
         if json {
             line = "{\"ts\":\"\(ts)\",\"level\":\"\(event.level)\",\"logger\":\(Self.quote(label)),\"msg\":\(Self.quote("\(event.message)"))"
-            for key in merged.keys.sorted() {
-                line += ",\(Self.quote(key)):\(Self.quote(Self.flatten(merged[key]!)))"
+            for (key, value) in merged.sorted(by: { $0.key < $1.key }) {
+                line += ",\(Self.quote(key)):\(Self.quote(Self.flatten(value)))"
             }
             line += "}\n"
         } else {
             line = "\(ts) \(event.level) \(label): \(event.message)"
-            for key in merged.keys.sorted() { line += " \(key)=\(Self.flatten(merged[key]!))" }
+            for (key, value) in merged.sorted(by: { $0.key < $1.key }) { line += " \(key)=\(Self.flatten(value))" }
             line += "\n"
         }
         FileHandle.standardError.write(Data(line.utf8))
@@ -67,7 +67,8 @@ public struct LineLogHandler: LogHandler {
         case .string(let s): s
         case .stringConvertible(let c): c.description
         case .array(let items): "[" + items.map(flatten).joined(separator: ",") + "]"
-        case .dictionary(let dict): "{" + dict.keys.sorted().map { "\($0)=\(flatten(dict[$0]!))" }.joined(separator: ",") + "}"
+        case .dictionary(let dict):
+            "{" + dict.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\(flatten($0.value))" }.joined(separator: ",") + "}"
         }
     }
 
