@@ -124,6 +124,14 @@ public final class BusWorker: Sendable {
         }
         let envelope = message.envelope
         let now = unixMillis()
+        guard envelope.kind == .request else {
+            // A reply or event sent to a worker is not work: refuse it rather than act on it.
+            droppedCount.add(1, ordering: .relaxed)
+            return [
+                envelope.reply(status: .badRequest, sender: sender, nowMillis: now).encoded(),
+                ErrorBody(code: "bad_frame", message: "a worker takes requests only").encoded(),
+            ]
+        }
         if envelope.deadlineMillis != 0 && envelope.deadlineMillis < now {
             // The caller stopped waiting: don't start work nobody will see. It retries with the same id.
             return [
