@@ -41,6 +41,8 @@ let package = Package(
         .executable(name: "phone-gateway", targets: ["phone-gateway"]),
         .executable(name: "payctl", targets: ["payctl"]),
         .executable(name: "paybench", targets: ["paybench"]),
+        .executable(name: "pos-terminal", targets: ["pos-terminal"]),
+        .executable(name: "phone-wallet", targets: ["phone-wallet"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -71,13 +73,30 @@ let package = Package(
             name: "WiPayRuntime",
             dependencies: ["WiPayBus", "ZeroMQ", log, metrics, prometheus, lifecycle, hummingbird, argumentParser],
             path: "shared/WiPayRuntime", swiftSettings: swiftSettings),
+
+        // The signed payment payload (EMVCo layout): the router signs it, phones verify it.
+        .target(name: "WiPayPayload", dependencies: [crypto], path: "shared/WiPayPayload", swiftSettings: swiftSettings),
+
+        // What both HTTP gateways share: strict JSON, errors, idempotency keys, SSE streams fed by the notifier.
+        .target(
+            name: "WiPayGateway",
+            dependencies: ["WiPayBus", "WiPayRuntime", hummingbird, crypto, log, metrics],
+            path: "shared/WiPayGateway", swiftSettings: swiftSettings),
+
+        // What the reference clients (and the end-to-end tests and paybench) share: HTTP and SSE client,
+        // device signatures, the local link, QR codes in a terminal.
+        .target(
+            name: "WiPayClient", dependencies: ["WiPayPayload", crypto], path: "shared/WiPayClient",
+            swiftSettings: swiftSettings),
     ]
         + service("bus", folder: "bus", library: "BusBroker", deps: serviceDeps)
         + service("ledger", folder: "ledger", library: "LedgerService", deps: serviceDeps + ["Postgres", crypto])
-        + service("payment-router", folder: "payment-router", library: "PaymentRouterService", deps: serviceDeps)
-        + service("notifier", folder: "notifier", library: "NotifierService", deps: serviceDeps)
-        + service("pos-gateway", folder: "pos-gateway", library: "POSGatewayService", deps: serviceDeps + [hummingbird])
-        + service("phone-gateway", folder: "phone-gateway", library: "PhoneGatewayService", deps: serviceDeps + [hummingbird])
+        + service(
+            "payment-router", folder: "payment-router", library: "PaymentRouterService",
+            deps: serviceDeps + ["Postgres", "WiPayPayload", crypto])
+        + service("notifier", folder: "notifier", library: "NotifierService", deps: serviceDeps + ["Postgres"])
+        + service("pos-gateway", folder: "pos-gateway", library: "POSGatewayService", deps: serviceDeps + [hummingbird, "WiPayGateway"])
+        + service("phone-gateway", folder: "phone-gateway", library: "PhoneGatewayService", deps: serviceDeps + [hummingbird, "WiPayGateway", crypto])
         + [
             .executableTarget(
                 name: "payctl", dependencies: ["WiPayBus", "WiPayRuntime", "ZeroMQ", argumentParser, log],
@@ -85,11 +104,28 @@ let package = Package(
             .executableTarget(
                 name: "paybench", dependencies: ["WiPayBus", "WiPayRuntime", "ZeroMQ", argumentParser, hdr, log],
                 path: "ops/paybench", swiftSettings: swiftSettings),
+            .executableTarget(
+                name: "pos-terminal", dependencies: ["WiPayClient", "WiPayPayload", argumentParser],
+                path: "ops/clients/pos-terminal", swiftSettings: swiftSettings),
+            .executableTarget(
+                name: "phone-wallet", dependencies: ["WiPayClient", "WiPayPayload", argumentParser, crypto],
+                path: "ops/clients/phone-wallet", swiftSettings: swiftSettings),
             .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ"], path: "Tests/ZeroMQTests", swiftSettings: swiftSettings),
             .testTarget(name: "WiPayBusTests", dependencies: ["WiPayBus", "ZeroMQ"], path: "Tests/WiPayBusTests", swiftSettings: swiftSettings),
             .testTarget(
                 name: "IntegrationTests",
                 dependencies: ["WiPayBus", "WiPayRuntime", "ZeroMQ", "Postgres", "LedgerService", "BusBroker"],
                 path: "Tests/IntegrationTests", swiftSettings: swiftSettings),
+            // Pure logic of the payment flow, no sockets: state machine, payload, JSON, QR, signatures.
+            .testTarget(
+                name: "PaymentFlowTests",
+                dependencies: ["WiPayPayload", "WiPayGateway", "WiPayClient", "PaymentRouterService", "WiPayBus", crypto],
+                path: "Tests/PaymentFlowTests", swiftSettings: swiftSettings),
+            // All five services as processes on a real PostgreSQL, driven through HTTP, SSE, payctl and the
+            // reference clients.
+            .testTarget(
+                name: "EndToEndTests",
+                dependencies: ["WiPayClient", "WiPayPayload", "WiPayBus", "Postgres", crypto],
+                path: "Tests/EndToEndTests", swiftSettings: swiftSettings),
         ]
 )

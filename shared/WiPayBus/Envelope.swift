@@ -24,6 +24,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let accountShow = MessageType(rawValue: 0x0202)
     public static let walletUnlock = MessageType(rawValue: 0x0203)
     public static let transferPost = MessageType(rawValue: 0x0210)
+    public static let paymentLookup = MessageType(rawValue: 0x0211)
     public static let reconcile = MessageType(rawValue: 0x0220)
     // 0x03xx — payment-router
     public static let requestCreate = MessageType(rawValue: 0x0301)
@@ -31,19 +32,34 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let requestCancel = MessageType(rawValue: 0x0303)
     public static let instructionSubmit = MessageType(rawValue: 0x0310)
     public static let refundCreate = MessageType(rawValue: 0x0320)
+    public static let merchantAdd = MessageType(rawValue: 0x0330)
+    public static let terminalAdd = MessageType(rawValue: 0x0331)
+    public static let terminalAuth = MessageType(rawValue: 0x0332)
+    public static let walletAdd = MessageType(rawValue: 0x0333)
+    public static let deviceEnroll = MessageType(rawValue: 0x0334)
+    public static let deviceGet = MessageType(rawValue: 0x0335)
+    public static let accountSummary = MessageType(rawValue: 0x0336)
+    public static let paymentTrace = MessageType(rawValue: 0x0337)
+    public static let payloadKeys = MessageType(rawValue: 0x0338)
     // 0x04xx — events about payments (published, durable source: the router's outbox)
     public static let outcomePublished = MessageType(rawValue: 0x0401)
+    /// The router's outbox relay → notifier (a request, so delivery is acknowledged).
+    public static let outcomeDeliver = MessageType(rawValue: 0x0402)
     // 0x05xx — notifier
     public static let noticeDelivered = MessageType(rawValue: 0x0501)
     public static let noticeAck = MessageType(rawValue: 0x0502)
     public static let noticeReplay = MessageType(rawValue: 0x0503)
+    public static let noticeHead = MessageType(rawValue: 0x0504)
 
     static let names: [UInt16: String] = [
         0x0001: "ping", 0x0002: "heartbeat", 0x0101: "control.status", 0x0102: "control.drain",
         0x0201: "account.open", 0x0202: "account.show", 0x0203: "wallet.unlock", 0x0210: "transfer.post",
-        0x0220: "reconcile", 0x0301: "request.create", 0x0302: "request.get", 0x0303: "request.cancel",
-        0x0310: "instruction.submit", 0x0320: "refund.create", 0x0401: "outcome.published",
-        0x0501: "notice.delivered", 0x0502: "notice.ack", 0x0503: "notice.replay",
+        0x0211: "payment.lookup", 0x0220: "reconcile", 0x0301: "request.create", 0x0302: "request.get",
+        0x0303: "request.cancel", 0x0310: "instruction.submit", 0x0320: "refund.create", 0x0330: "merchant.add",
+        0x0331: "terminal.add", 0x0332: "terminal.auth", 0x0333: "wallet.add", 0x0334: "device.enroll",
+        0x0335: "device.get", 0x0336: "account.summary", 0x0337: "payment.trace", 0x0338: "payload.keys",
+        0x0401: "outcome.published", 0x0402: "outcome.deliver", 0x0501: "notice.delivered", 0x0502: "notice.ack",
+        0x0503: "notice.replay", 0x0504: "notice.head",
     ]
 
     public var description: String { Self.names[rawValue] ?? "unknown(0x\(String(rawValue, radix: 16)))" }

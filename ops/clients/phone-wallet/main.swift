@@ -1,0 +1,1 @@
+print("phone-wallet: not built yet")

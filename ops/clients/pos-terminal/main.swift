@@ -1,0 +1,1 @@
+print("pos-terminal: not built yet")

@@ -1,0 +1,1 @@
+// The signed payment payload: see Payload.swift.
