@@ -399,12 +399,22 @@ public struct OutcomePublished: BusEncodable, Equatable {
     public var paymentId: String?
     public var refundId: String?
     public var atMillis: Int64
+    /// ≤ 400 bytes: shown to the payer.
+    public var merchantName: String?
+    /// For `payment.declined`: why (`insufficient_funds`, `incorrect_pin`, …).
+    public var errorCode: String?
+    /// For `payment.succeeded`: the payer's masked alias, for the terminal.
+    public var payerAlias: String?
 
     public init(
         outboxSeq: Int64, eventType: String, requestId: String, status: PaymentRequestStatus, amountMinor: Int64,
         currency: String, reference: String, terminalId: String, deviceId: String?, merchantId: String,
-        paymentId: String?, refundId: String?, atMillis: Int64
+        paymentId: String?, refundId: String?, atMillis: Int64, merchantName: String? = nil, errorCode: String? = nil,
+        payerAlias: String? = nil
     ) {
+        self.merchantName = merchantName
+        self.errorCode = errorCode
+        self.payerAlias = payerAlias
         self.outboxSeq = outboxSeq
         self.eventType = eventType
         self.requestId = requestId
@@ -434,6 +444,9 @@ public struct OutcomePublished: BusEncodable, Equatable {
         w.write(paymentId)
         w.write(refundId)
         w.write(atMillis)
+        w.write(merchantName)
+        w.write(errorCode)
+        w.write(payerAlias)
     }
 
     public init(from r: inout BusReader) throws(BusDecodeError) {
@@ -453,6 +466,9 @@ public struct OutcomePublished: BusEncodable, Equatable {
         paymentId = try r.readOptionalString("payment_id", max: 64)
         refundId = try r.readOptionalString("refund_id", max: 64)
         atMillis = try r.readInt64("at")
+        merchantName = try r.readOptionalString("merchant_name", max: 400)
+        errorCode = try r.readOptionalString("error_code", max: 64)
+        payerAlias = try r.readOptionalString("payer_alias", max: 64)
     }
 }
 
