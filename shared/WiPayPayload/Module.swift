@@ -1,1 +1,0 @@
-// The signed payment payload: see Payload.swift.
