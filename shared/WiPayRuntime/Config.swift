@@ -47,9 +47,16 @@ public struct Setting: Sendable, Hashable {
         "WIPAY_WORKER_CREDIT", flag: "worker-credit", default: "",
         "Bus requests one instance takes at once; empty = the service's default.")
 
+    public static let curveKeysDir = Setting(
+        "WIPAY_CURVE_KEYS_DIR", flag: "curve-keys-dir", default: "",
+        "Folder of CurveZMQ keys (payctl keys generate); empty = the bus runs without CURVE (development only).")
+    public static let curveKeyName = Setting(
+        "WIPAY_CURVE_KEY_NAME", flag: "curve-key-name", default: "",
+        "Which key pair in the keys folder is this process's; empty = the service's name.")
+
     public static let all: [Setting] = [
         busHost, busPort, busBindHost, instance, httpHost, httpPort, controlBind, advertiseHost, heartbeatMillis,
-        logLevel, logFormat, databaseURL, workerCredit,
+        logLevel, logFormat, databaseURL, workerCredit, curveKeysDir, curveKeyName,
     ]
 }
 
@@ -103,6 +110,9 @@ public struct RuntimeConfig: Sendable {
     public var logFormat: String
     public var databaseURL: String
     public var workerCredit: Int
+    /// Empty: no CURVE.
+    public var curveKeysDir: String
+    public var curveKeyName: String
     public var values: ConfigValues
 
     public static let version = "0.1.0"
@@ -136,7 +146,9 @@ public struct RuntimeConfig: Sendable {
             httpHost: values.string(.httpHost), httpPort: httpPort, controlBind: controlBind,
             advertiseHost: values.string(.advertiseHost), heartbeatInterval: .milliseconds(heartbeat), logLevel: level,
             logFormat: format, databaseURL: values.string(.databaseURL),
-            workerCredit: try values.int(.workerCredit, range: 1...100_000, default: defaultCredit), values: values)
+            workerCredit: try values.int(.workerCredit, range: 1...100_000, default: defaultCredit),
+            curveKeysDir: values.string(.curveKeysDir),
+            curveKeyName: values.string(.curveKeyName).isEmpty ? service : values.string(.curveKeyName), values: values)
     }
 }
 
@@ -156,6 +168,8 @@ public struct ServiceOptions: ParsableArguments {
     @Option(help: ArgumentHelp(Setting.logFormat.help + " [env WIPAY_LOG_FORMAT, default json]")) var logFormat: String?
     @Option(help: ArgumentHelp(Setting.databaseURL.help + " [env WIPAY_DATABASE_URL]")) var databaseUrl: String?
     @Option(help: ArgumentHelp(Setting.workerCredit.help + " [env WIPAY_WORKER_CREDIT]")) var workerCredit: String?
+    @Option(help: ArgumentHelp(Setting.curveKeysDir.help + " [env WIPAY_CURVE_KEYS_DIR]")) var curveKeysDir: String?
+    @Option(help: ArgumentHelp(Setting.curveKeyName.help + " [env WIPAY_CURVE_KEY_NAME]")) var curveKeyName: String?
 
     public init() {}
 
@@ -165,7 +179,8 @@ public struct ServiceOptions: ParsableArguments {
             (.busHost, busHost), (.busPort, busPort), (.instance, instance), (.httpHost, httpHost),
             (.httpPort, httpPort), (.controlBind, controlBind), (.advertiseHost, advertiseHost),
             (.heartbeatMillis, heartbeatMs), (.logLevel, logLevel), (.logFormat, logFormat),
-            (.databaseURL, databaseUrl), (.workerCredit, workerCredit),
+            (.databaseURL, databaseUrl), (.workerCredit, workerCredit), (.curveKeysDir, curveKeysDir),
+            (.curveKeyName, curveKeyName),
         ]
         for (setting, value) in pairs { if let value { flags[setting] = value } }
         return ConfigValues(flags: flags)

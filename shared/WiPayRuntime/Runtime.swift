@@ -99,13 +99,36 @@ public final class Runtime: Sendable {
         self.logger = logger
         self.metricsRegistry = MetricsSetup.bootstrap()
         self.context = try ZMQContext(ioThreads: 1)
+        if config.curveKeysDir.isEmpty {
+            self.busSecurity = .none
+            self.zap = nil
+            logger.warning("CURVE is off: the bus is plain TCP (set WIPAY_CURVE_KEYS_DIR in production)")
+        } else {
+            let keys = try BusKeys.loadPair(dir: config.curveKeysDir, name: config.curveKeyName)
+            let brokerKey = try BusKeys.loadPublic(dir: config.curveKeysDir, name: "bus")
+            self.busSecurity = .curve(keys: keys, brokerPublicKey: brokerKey)
+            // The control socket is a CURVE server too: only authorized keys (ops, services) may use it.
+            let authorized = BusKeys.authorized(dir: config.curveKeysDir)
+            for problem in authorized.problems { logger.warning("authorized key skipped", metadata: ["problem": "\(problem)"]) }
+            self.zap = try ZAPAuthenticator(context: context, authorized: authorized.keys, logger: logger)
+        }
+    }
+
+    /// How this process's bus sockets secure themselves (CurveZMQ client of the broker, or nothing).
+    public let busSecurity: BusSecurity
+    let zap: ZAPAuthenticator?
+
+    /// A subscriber to bus events under `topics` (prefixes), with this process's security.
+    public func subscriber(topics: [String]) throws -> BusSubscriber {
+        try BusSubscriber(context: context, endpoint: config.bus.subscribe, topics: topics, security: busSecurity, logger: logger)
     }
 
     /// A bus client for calls to other stages (made on first use, shared).
     public func client() throws -> BusClient {
         try clientBox.withLock { box in
             if let client = box { return client }
-            let client = try BusClient(context: context, frontend: config.bus.frontend, sender: sender, logger: logger)
+            let client = try BusClient(
+                context: context, frontend: config.bus.frontend, sender: sender, security: busSecurity, logger: logger)
             box = client
             return client
         }
@@ -115,7 +138,8 @@ public final class Runtime: Sendable {
     public func publisher() throws -> BusPublisher {
         try publisherBox.withLock { box in
             if let publisher = box { return publisher }
-            let publisher = try BusPublisher(context: context, endpoint: config.bus.publish, sender: sender)
+            let publisher = try BusPublisher(
+                context: context, endpoint: config.bus.publish, sender: sender, security: busSecurity)
             box = publisher
             return publisher
         }
@@ -164,6 +188,7 @@ public final class Runtime: Sendable {
         guard !closed.exchange(true, ordering: .relaxed) else { return }
         clientBox.withLock { $0?.close() }
         publisherBox.withLock { $0?.close() }
+        zap?.stop()
         context.shutdown()
     }
 }

@@ -17,6 +17,7 @@ final class ControlService: Service {
     init(runtime: Runtime) throws {
         self.runtime = runtime
         socket = try ZMQSocket(runtime.context, .router)
+        if case .curve(let keys, _) = runtime.busSecurity { try socket.makeCurveServer(keys) }
         try socket.bind(runtime.config.controlBind)
         endpoint = Self.advertised(try socket.lastEndpoint, config: runtime.config)
         runtime.controlEndpoint = endpoint
@@ -112,7 +113,8 @@ final class WorkerService: Service {
         self.handler = handler
         worker = try BusWorker(
             context: runtime.context, backend: runtime.config.bus.backend, service: runtime.config.service,
-            instance: runtime.config.instance, credit: runtime.config.workerCredit, logger: runtime.logger)
+            instance: runtime.config.instance, credit: runtime.config.workerCredit, security: runtime.busSecurity,
+            logger: runtime.logger)
     }
 
     var lastBrokerHeartbeatMillis: Int64 { worker.lastBrokerHeartbeatMillis }

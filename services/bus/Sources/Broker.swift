@@ -14,12 +14,17 @@ public struct BrokerSettings: Sendable {
     public var maxQueueWait: Duration
     /// Requests waiting per service; past it the caller gets `503 overloaded` at once.
     public var maxQueuedPerService: Int
+    /// The broker's CURVE key pair: set, every socket of the bus is a CURVE server.
     public var curve: CurveKeyPair?
+    /// With `curve`: the client public keys admitted (Z85 → name); every other key is refused and logged.
+    public var authorizedKeys: [String: String]
 
     public init(
         endpoints: BusEndpoints, workerExpiry: Duration = .seconds(3), heartbeatInterval: Duration = .seconds(1),
-        maxQueueWait: Duration = .seconds(1), maxQueuedPerService: Int = 20_000, curve: CurveKeyPair? = nil
+        maxQueueWait: Duration = .seconds(1), maxQueuedPerService: Int = 20_000, curve: CurveKeyPair? = nil,
+        authorizedKeys: [String: String] = [:]
     ) {
+        self.authorizedKeys = authorizedKeys
         self.endpoints = endpoints
         self.workerExpiry = workerExpiry
         self.heartbeatInterval = heartbeatInterval
@@ -55,6 +60,7 @@ public final class Broker: Sendable {
     private let threadsDone = DispatchGroup()
     private let ready = DispatchSemaphore(value: 0)
     private let startError = Locked<ZMQError?>(nil)
+    private let zap = Locked<ZAPAuthenticator?>(nil)
 
     public init(settings: BrokerSettings, logger: Logger) throws(ZMQError) {
         self.settings = settings
@@ -66,6 +72,11 @@ public final class Broker: Sendable {
 
     /// Binds every socket and starts the threads; throws if a port cannot be bound.
     public func start() throws(ZMQError) {
+        if settings.curve != nil {
+            // The ZAP handler must be bound before the first CURVE server socket of this context.
+            let authenticator = try ZAPAuthenticator(context: context, authorized: settings.authorizedKeys, logger: logger)
+            zap.withLock { $0 = authenticator }
+        }
         threadsDone.enter()
         let routing = Thread { [self] in
             defer { threadsDone.leave() }
@@ -109,6 +120,7 @@ public final class Broker: Sendable {
     /// Stops both threads and closes every socket.
     public func stop() {
         stopFlag.store(true, ordering: .relaxed)
+        zap.withLock { $0?.stop() }
         context.shutdown()
         threadsDone.wait()
         context.terminate()
