@@ -53,6 +53,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+        // Tests only: the end-to-end suite reads docs/openapi.yaml to check the responses it saw.
+        .package(url: "https://github.com/jpsim/Yams", exact: "5.0.1"),
     ],
     targets: [
         // C libraries from Debian: libzmq3-dev and libpq-dev.
@@ -80,7 +82,7 @@ let package = Package(
         // What both HTTP gateways share: strict JSON, errors, idempotency keys, SSE streams fed by the notifier.
         .target(
             name: "WiPayGateway",
-            dependencies: ["WiPayBus", "WiPayRuntime", hummingbird, crypto, log, metrics],
+            dependencies: ["WiPayBus", "WiPayRuntime", hummingbird, crypto, log, metrics, lifecycle],
             path: "shared/WiPayGateway", swiftSettings: swiftSettings),
 
         // What the reference clients (and the end-to-end tests and paybench) share: HTTP and SSE client,
@@ -99,10 +101,10 @@ let package = Package(
         + service("phone-gateway", folder: "phone-gateway", library: "PhoneGatewayService", deps: serviceDeps + [hummingbird, "WiPayGateway", crypto])
         + [
             .executableTarget(
-                name: "payctl", dependencies: ["WiPayBus", "WiPayRuntime", "ZeroMQ", argumentParser, log],
+                name: "payctl", dependencies: ["WiPayBus", "WiPayRuntime", "WiPayPayload", "ZeroMQ", argumentParser, log],
                 path: "ops/payctl", swiftSettings: swiftSettings),
             .executableTarget(
-                name: "paybench", dependencies: ["WiPayBus", "WiPayRuntime", "ZeroMQ", argumentParser, hdr, log],
+                name: "paybench", dependencies: ["WiPayBus", "WiPayRuntime", "WiPayClient", "WiPayPayload", "ZeroMQ", argumentParser, hdr, log],
                 path: "ops/paybench", swiftSettings: swiftSettings),
             .executableTarget(
                 name: "pos-terminal", dependencies: ["WiPayClient", "WiPayPayload", argumentParser],
@@ -114,7 +116,7 @@ let package = Package(
             .testTarget(name: "WiPayBusTests", dependencies: ["WiPayBus", "ZeroMQ"], path: "Tests/WiPayBusTests", swiftSettings: swiftSettings),
             .testTarget(
                 name: "IntegrationTests",
-                dependencies: ["WiPayBus", "WiPayRuntime", "ZeroMQ", "Postgres", "LedgerService", "BusBroker"],
+                dependencies: ["WiPayBus", "WiPayRuntime", "ZeroMQ", "Postgres", "LedgerService", "BusBroker", "NotifierService", "PaymentRouterService"],
                 path: "Tests/IntegrationTests", swiftSettings: swiftSettings),
             // Pure logic of the payment flow, no sockets: state machine, payload, JSON, QR, signatures.
             .testTarget(
@@ -125,7 +127,10 @@ let package = Package(
             // reference clients.
             .testTarget(
                 name: "EndToEndTests",
-                dependencies: ["WiPayClient", "WiPayPayload", "WiPayBus", "Postgres", crypto],
+                dependencies: [
+                    "WiPayClient", "WiPayPayload", "WiPayBus", "Postgres", crypto,
+                    .product(name: "Yams", package: "Yams"),
+                ],
                 path: "Tests/EndToEndTests", swiftSettings: swiftSettings),
         ]
 )

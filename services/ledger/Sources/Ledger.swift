@@ -47,6 +47,12 @@ public final class Ledger: Sendable {
                 return .ok(info)
             case .walletUnlock:
                 return try await unlock(try AccountRef.decode(message.body).accountId)
+            case .paymentLookup:
+                let lookup = try PaymentLookup.decode(message.body)
+                guard let record = try await payment(forRequest: lookup.requestId) else {
+                    return .error(.notFound, "payment_not_found", "no payment for request \(lookup.requestId)")
+                }
+                return .ok(record)
             case .reconcile:
                 return .ok(try await reconcile())
             default:
@@ -136,6 +142,25 @@ public final class Ledger: Sendable {
         return AccountInfo(
             accountId: rows.string(0, 0) ?? id, kind: kind, currency: rows.string(0, 2) ?? "", name: rows.string(0, 3) ?? "",
             balance: rows.int64(0, 4) ?? 0, locked: rows.bool(0, 5) ?? false)
+    }
+
+    /// The payment transfer posted for a payment request, if any (`payment.lookup`: the router's recovery).
+    func payment(forRequest requestId: String) async throws -> PaymentRecord? {
+        guard LedgerLimits.isValidId(requestId) else { return nil }
+        let rows = try await pool.run { db in
+            try db.query(
+                """
+                SELECT id, debit_account_id, credit_account_id, amount, currency,
+                    (extract(epoch FROM posted_at) * 1000)::bigint
+                FROM ledger.transfers WHERE payment_request_id = $1 AND kind = 1
+                """, [requestId])
+        }
+        guard rows.count == 1, let id = rows.string(0, 0), let debit = rows.string(0, 1), let credit = rows.string(0, 2),
+            let amount = rows.int64(0, 3), let currency = rows.string(0, 4), let posted = rows.int64(0, 5)
+        else { return nil }
+        return PaymentRecord(
+            transferId: id, debitAccountId: debit, creditAccountId: credit, amountMinor: amount, currency: currency,
+            postedAtMillis: posted)
     }
 
     func unlock(_ id: String) async throws -> BusReply {

@@ -1,17 +1,302 @@
 import Logging
+import Metrics
+import Postgres
 import WiPayBus
 import WiPayRuntime
 
-/// The notifier stage. Foundation only so far: it joins the bus as a worker, heartbeats, answers `ping`
-/// and `payctl status`/`drain`. Its payment logic lands with the payment-flow issue.
+/// The notifier stage: turns outcomes from the payment-router's outbox into per-recipient notices
+/// (terminal `pos:<id>`, device `dev:<id>`), stores them with a per-recipient sequence in PostgreSQL
+/// (schema `notifier`), publishes each on `notice.pos.<id>` / `notice.dev.<id>` after commit, and
+/// serves replays (`notice.replay`) and heads (`notice.head`) for the gateways' event streams.
+public final class Notifier: Sendable {
+    /// Where a committed notice goes live: (topic, notice).
+    public typealias Publish = @Sendable (String, NoticeDelivered) -> Void
+
+    public static let maxReplayLimit: UInt32 = 1000
+    /// What every terminal hears; a device hears `deviceEventTypes`.
+    public static let eventTypes: Set<String> = [
+        "payment.succeeded", "payment.declined", "payment.expired", "payment.canceled", "refund.succeeded",
+    ]
+    public static let deviceEventTypes: Set<String> = ["payment.succeeded", "payment.declined", "refund.succeeded"]
+
+    let pool: PGPool
+    let logger: Logger
+    let publish: Publish
+    private let duplicates = Counter(label: "wipay.notifier.duplicates")
+    private let noticeCounters: [String: Counter]
+
+    public init(conninfo: String, logger: Logger, poolSize: Int = 8, publish: @escaping Publish) {
+        self.pool = PGPool(conninfo: conninfo, size: poolSize)
+        self.logger = logger
+        self.publish = publish
+        var counters: [String: Counter] = [:]
+        for type in Self.eventTypes { counters[type] = Counter(label: "wipay.notifier.notices", dimensions: [("type", type)]) }
+        self.noticeCounters = counters
+    }
+
+    /// Applies migrations, retrying while PostgreSQL is not up yet (bounded: `timeout`).
+    public func migrate(timeout: Duration = .seconds(30)) async throws {
+        let end = ContinuousClock.now + timeout
+        while true {
+            do {
+                try await pool.run { try NotifierSchema.migrate($0) }
+                return
+            } catch let error as PGError where error.isConnectionError && ContinuousClock.now < end {
+                logger.warning("database not reachable yet; retrying", metadata: ["error": "\(error)"])
+                try await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    public func handle(_ message: BusMessage) async -> BusReply {
+        do {
+            switch message.envelope.type {
+            case .outcomeDeliver:
+                return try await deliver(try OutcomePublished.decode(message.body))
+            case .noticeReplay:
+                return try await replay(try NoticeReplay.decode(message.body))
+            case .noticeHead:
+                let ack = try NoticeAck.decode(message.body)
+                return .ok(NoticeAck(recipient: ack.recipient, seq: try await head(ack.recipient)))
+            case .ping:
+                return .ok(Empty())
+            default:
+                return .error(.unknownType, "unknown_type", "the notifier does not handle \(message.envelope.type)")
+            }
+        } catch let error as BusDecodeError {
+            return .error(.badRequest, "bad_request", "\(error)")
+        } catch let error as PGError where error.isDataError {
+            return .error(.badRequest, "bad_request", "the request holds data the notifier cannot store: \(error.message)")
+        } catch let error as PGError {
+            logger.error("database error", metadata: ["error": "\(error)", "bus.type": "\(message.envelope.type)"])
+            return .error(.unavailable, "notifier_unavailable", "the notifier database is not available; retry")
+        } catch {
+            logger.error("unexpected error", metadata: ["error": "\(error)"])
+            return .error(.internalError, "internal_error", "unexpected notifier error")
+        }
+    }
+
+    // MARK: outcome.deliver
+
+    /// One notice to be stored for one recipient (its seq is allocated in the transaction).
+    struct Planned: Sendable {
+        let recipient: String
+        let topic: String
+        let forTerminal: Bool
+    }
+
+    /// Who hears about `outcome`: the terminal always, the device for the event types a payer cares about.
+    static func recipients(_ outcome: OutcomePublished) -> [Planned] {
+        var out = [
+            Planned(recipient: "pos:\(outcome.terminalId)", topic: "notice.pos.\(outcome.terminalId)", forTerminal: true)
+        ]
+        if let device = outcome.deviceId, !device.isEmpty, deviceEventTypes.contains(outcome.eventType) {
+            out.append(Planned(recipient: "dev:\(device)", topic: "notice.dev.\(device)", forTerminal: false))
+        }
+        // One lock order for every transaction (sorted recipients), so two deliveries never deadlock.
+        return out.sorted { $0.recipient < $1.recipient }
+    }
+
+    func deliver(_ outcome: OutcomePublished) async throws -> BusReply {
+        guard Self.eventTypes.contains(outcome.eventType) else {
+            return .error(.badRequest, "unknown_event_type", "event type \(outcome.eventType) is not one the notifier knows")
+        }
+        guard !outcome.terminalId.isEmpty, !outcome.requestId.isEmpty else {
+            return .error(.badRequest, "bad_request", "an outcome needs a terminal id and a request id")
+        }
+        let planned = Self.recipients(outcome)
+        let stored: [(Planned, NoticeDelivered)]? = try await pool.run { db in
+            try db.transaction { db -> [(Planned, NoticeDelivered)]? in
+                let fresh = try db.query(
+                    "INSERT INTO notifier.consumed (outbox_seq) VALUES ($1) ON CONFLICT DO NOTHING RETURNING outbox_seq",
+                    [String(outcome.outboxSeq)])
+                guard fresh.count == 1 else { return nil }
+                var out: [(Planned, NoticeDelivered)] = []
+                for plan in planned {
+                    let head = try db.query(
+                        """
+                        INSERT INTO notifier.heads (recipient, seq) VALUES ($1, 1)
+                        ON CONFLICT (recipient) DO UPDATE SET seq = notifier.heads.seq + 1 RETURNING seq
+                        """, [plan.recipient])
+                    guard head.count == 1, let seq = head.int64(0, 0) else {
+                        throw PGError(sqlState: "XX000", message: "no sequence allocated", context: "notifier.heads")
+                    }
+                    let notice = NoticeDelivered(
+                        recipient: plan.recipient, seq: seq, eventType: outcome.eventType,
+                        dataJSON: NoticeData.json(outcome, seq: seq, forTerminal: plan.forTerminal), atMillis: outcome.atMillis)
+                    try db.query(
+                        """
+                        INSERT INTO notifier.notices (recipient, seq, event_type, data, at, outbox_seq)
+                        VALUES ($1, $2, $3, $4, $5, $6)
+                        """,
+                        [
+                            notice.recipient, String(seq), notice.eventType, notice.dataJSON, String(notice.atMillis),
+                            String(outcome.outboxSeq),
+                        ])
+                    out.append((plan, notice))
+                }
+                return out
+            }
+        }
+        guard let stored else {
+            duplicates.increment()
+            logger.debug("outcome already consumed", metadata: ["outbox.seq": "\(outcome.outboxSeq)"])
+            return .ok(Empty(), status: .exists)
+        }
+        // Only after commit: a notice published is a notice stored (a lost publish is replayed).
+        for (plan, notice) in stored {
+            publish(plan.topic, notice)
+            noticeCounters[notice.eventType]?.increment()
+        }
+        logger.debug(
+            "notices stored",
+            metadata: [
+                "outbox.seq": "\(outcome.outboxSeq)", "request.id": "\(outcome.requestId)", "event": "\(outcome.eventType)",
+                "notices": "\(stored.count)",
+            ])
+        return .ok(Empty())
+    }
+
+    // MARK: notice.replay / notice.head
+
+    func replay(_ request: NoticeReplay) async throws -> BusReply {
+        guard request.limit <= Self.maxReplayLimit else {
+            return .error(.badRequest, "limit_too_large", "a replay returns at most \(Self.maxReplayLimit) notices")
+        }
+        guard request.limit > 0 else { return .ok(NoticeBatch(notices: [])) }
+        let rows = try await pool.run { db in
+            try db.query(
+                """
+                SELECT seq, event_type, data, at FROM notifier.notices
+                WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3
+                """, [request.recipient, String(request.afterSeq), String(request.limit)])
+        }
+        var notices: [NoticeDelivered] = []
+        notices.reserveCapacity(rows.count)
+        for row in 0..<rows.count {
+            guard let seq = rows.int64(row, 0), let type = rows.string(row, 1), let data = rows.string(row, 2),
+                let at = rows.int64(row, 3)
+            else { continue }
+            notices.append(NoticeDelivered(recipient: request.recipient, seq: seq, eventType: type, dataJSON: data, atMillis: at))
+        }
+        return .ok(NoticeBatch(notices: notices))
+    }
+
+    func head(_ recipient: String) async throws -> Int64 {
+        let rows = try await pool.run { db in
+            try db.query("SELECT seq FROM notifier.heads WHERE recipient = $1", [recipient])
+        }
+        return rows.count == 1 ? rows.int64(0, 0) ?? 0 : 0
+    }
+
+    /// Healthy when the database answers.
+    public func healthCheck() async -> (Bool, String) {
+        do {
+            _ = try await pool.run { try $0.query("SELECT 1") }
+            return (true, "")
+        } catch {
+            return (false, "database: \(error)")
+        }
+    }
+}
+
+/// The SSE `data:` JSON of a notice (snake_case keys), written by hand: small, fixed and hot.
+enum NoticeData {
+    static func json(_ o: OutcomePublished, seq: Int64, forTerminal: Bool) -> String {
+        var out = "{"
+        func key(_ name: String) {
+            if out.count > 1 { out += "," }
+            out += "\"\(name)\":"
+        }
+        func string(_ name: String, _ value: String) {
+            key(name)
+            escape(value, into: &out)
+        }
+        string("event_id", String(seq))
+        string("type", o.eventType)
+        string("request_id", o.requestId)
+        string("status", o.status.name)
+        key("amount")
+        out += String(o.amountMinor)
+        string("currency", o.currency)
+        string("reference", o.reference)
+        if let payment = o.paymentId { string("payment_id", payment) }
+        if let refund = o.refundId { string("refund_id", refund) }
+        key("merchant")
+        out += "{\"id\":"
+        escape(o.merchantId, into: &out)
+        out += ",\"name\":"
+        escape(o.merchantName ?? "", into: &out)
+        out += "}"
+        if o.eventType == "payment.declined" {
+            key("error")
+            out += "{\"code\":"
+            escape(o.errorCode ?? "declined", into: &out)
+            out += "}"
+        }
+        if forTerminal, let payer = o.payerAlias { string("payer", payer) }
+        string("at", rfc3339(millis: o.atMillis))
+        return out + "}"
+    }
+
+    static func escape(_ value: String, into out: inout String) {
+        out += "\""
+        for scalar in value.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value < 0x20 || scalar.value == 0x2028 || scalar.value == 0x2029 {
+                    let hex = String(scalar.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        out += "\""
+    }
+
+    /// RFC 3339 UTC with milliseconds, e.g. `2025-01-31T09:05:03.042Z` (civil-from-days, no Calendar).
+    static func rfc3339(millis: Int64) -> String {
+        let seconds = millis >= 0 ? millis / 1000 : (millis - 999) / 1000
+        let ms = millis - seconds * 1000
+        var days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
+        let secondOfDay = seconds - days * 86_400
+        days += 719_468
+        let era = (days >= 0 ? days : days - 146_096) / 146_097
+        let dayOfEra = days - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let mp = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        func pad(_ value: Int64, _ width: Int) -> String {
+            let text = String(value)
+            return text.count >= width ? text : String(repeating: "0", count: width - text.count) + text
+        }
+        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(secondOfDay / 3600, 2)):"
+            + "\(pad(secondOfDay / 60 % 60, 2)):\(pad(secondOfDay % 60, 2)).\(pad(ms, 3))Z"
+    }
+}
+
+/// Wiring for `main` and the tests.
 public enum NotifierStage {
     public static func run(config: RuntimeConfig) async throws {
         let runtime = try Runtime(config: config)
-        try await runtime.run(handler: { message in
-            switch message.envelope.type {
-            case .ping: .ok(runtime.status())
-            default: .error(.unknownType, "unknown_type", "notifier does not handle \(message.envelope.type) yet")
-            }
-        })
+        let publisher = try runtime.publisher()
+        let notifier = Notifier(conninfo: config.databaseURL, logger: runtime.logger) { topic, notice in
+            publisher.publish(topic: topic, type: .noticeDelivered, body: notice.encoded())
+        }
+        try await notifier.migrate()
+        try await runtime.run(
+            handler: { message in
+                if message.envelope.type == .ping { return .ok(runtime.status()) }
+                return await notifier.handle(message)
+            }, healthCheck: { await notifier.healthCheck() })
     }
 }

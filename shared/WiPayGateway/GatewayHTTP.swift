@@ -1,0 +1,245 @@
+import Crypto
+import HTTPTypes
+import Hummingbird
+import Metrics
+import WiPayBus
+
+/// An HTTP error answer: always `{"error": {"code", "message"}}` with a fitting status.
+public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var status: HTTPResponse.Status
+    public var code: String
+    public var message: String
+    /// Extra headers (`WWW-Authenticate` on 401).
+    public var headers: HTTPFields
+
+    public init(_ status: HTTPResponse.Status, _ code: String, _ message: String, headers: HTTPFields = [:]) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+    }
+
+    public var description: String { "\(status.code) \(code): \(message)" }
+
+    public static func badRequest(_ code: String, _ message: String) -> GatewayError { GatewayError(.badRequest, code, message) }
+
+    public static func invalidField(_ field: String, _ message: String) -> GatewayError {
+        GatewayError(.badRequest, "invalid_field", "\(field): \(message)")
+    }
+
+    public static let stageUnavailable = GatewayError(
+        .serviceUnavailable, "stage_unavailable", "a payment stage is unavailable; retry with the same Idempotency-Key")
+
+    public static let notFound = GatewayError(.notFound, "not_found", "no such resource")
+
+    /// The JSON body of this error.
+    public var body: JSONValue {
+        .obj(["error": .obj(["code": .string(code), "message": .string(message)])])
+    }
+}
+
+/// Building responses.
+public enum GatewayResponse {
+    public static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
+    public static let lastEventId = HTTPField.Name("Last-Event-ID")!
+
+    public static func json(_ status: HTTPResponse.Status, _ value: JSONValue, headers extra: HTTPFields = [:]) -> Response {
+        var headers: HTTPFields = [.contentType: "application/json", .cacheControl: "no-store"]
+        headers.append(contentsOf: extra)
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: value.serialized)))
+    }
+
+    public static func error(_ error: GatewayError) -> Response {
+        json(error.status, error.body, headers: error.headers)
+    }
+
+    /// Runs a handler that throws `GatewayError`s and turns each into its JSON answer. Anything else
+    /// thrown becomes a 500 `internal_error` (never a crash, never a stack trace to the client).
+    public static func handle(_ body: () async throws -> Response) async -> Response {
+        do {
+            return try await body()
+        } catch let error as GatewayError {
+            return self.error(error)
+        } catch {
+            return self.error(GatewayError(.internalServerError, "internal_error", "unexpected error"))
+        }
+    }
+}
+
+/// Reading a request: the raw body with a size limit, the idempotency key, the body hash.
+public enum GatewayRequest {
+    /// Bodies above this are refused with 413 `body_too_large`.
+    public static let maxBodyBytes = 64 * 1024
+
+    /// The raw body bytes, collected up to `limit` (413 beyond it: a limit on everything).
+    public static func body(_ request: Request, limit: Int = maxBodyBytes) async throws(GatewayError) -> [UInt8] {
+        let tooLarge = GatewayError(.contentTooLarge, "body_too_large", "the body is larger than \(limit) bytes")
+        if let declared = request.headers[.contentLength], let length = Int(declared), length > limit { throw tooLarge }
+        var bytes: [UInt8] = []
+        do {
+            for try await buffer in request.body {
+                guard bytes.count + buffer.readableBytes <= limit else { throw tooLarge }
+                bytes.append(contentsOf: buffer.readableBytesView)
+            }
+        } catch let error as GatewayError {
+            throw error
+        } catch {
+            throw GatewayError.badRequest("invalid_body", "the request body could not be read")
+        }
+        return bytes
+    }
+
+    /// The `Idempotency-Key` header: required; 1–255 visible ASCII characters.
+    public static func idempotencyKey(_ request: Request) throws(GatewayError) -> String {
+        guard let key = request.headers[GatewayResponse.idempotencyKey] else {
+            throw GatewayError.badRequest("idempotency_key_missing", "this request needs an Idempotency-Key header")
+        }
+        guard isValidIdempotencyKey(key) else {
+            throw GatewayError.badRequest("idempotency_key_invalid", "an Idempotency-Key is 1 to 255 visible ASCII characters")
+        }
+        return key
+    }
+
+    public static func isValidIdempotencyKey(_ key: String) -> Bool {
+        let utf8 = key.utf8
+        return (1...255).contains(utf8.count) && utf8.allSatisfy { (0x21...0x7E).contains($0) }
+    }
+
+    /// Lowercase hex SHA-256 of the raw body bytes.
+    public static func bodyHash(_ bytes: [UInt8]) -> String { Hex.sha256(bytes) }
+}
+
+/// Lowercase hex and SHA-256.
+public enum Hex {
+    private static let digits = Array("0123456789abcdef".utf8)
+
+    public static func encode<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
+        for byte in bytes {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 0xF)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    public static func sha256(_ bytes: [UInt8]) -> String { encode(SHA256.hash(data: bytes)) }
+    public static func sha256(_ text: String) -> String { sha256(Array(text.utf8)) }
+}
+
+/// base64url without padding (RFC 4648 §5), strict: no padding, no whitespace, canonical final bits.
+public enum Base64URL {
+    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+    private static let reverse: [Int8] = {
+        var table = [Int8](repeating: -1, count: 256)
+        for (i, c) in alphabet.enumerated() { table[Int(c)] = Int8(i) }
+        return table
+    }()
+
+    public static func encode(_ bytes: [UInt8]) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity((bytes.count * 4 + 2) / 3)
+        var i = 0
+        while i + 3 <= bytes.count {
+            let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+            out += [alphabet[Int(n >> 18 & 63)], alphabet[Int(n >> 12 & 63)], alphabet[Int(n >> 6 & 63)], alphabet[Int(n & 63)]]
+            i += 3
+        }
+        let rest = bytes.count - i
+        if rest == 1 {
+            let n = UInt32(bytes[i]) << 16
+            out += [alphabet[Int(n >> 18 & 63)], alphabet[Int(n >> 12 & 63)]]
+        } else if rest == 2 {
+            let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8
+            out += [alphabet[Int(n >> 18 & 63)], alphabet[Int(n >> 12 & 63)], alphabet[Int(n >> 6 & 63)]]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// nil unless `text` is canonical base64url without padding.
+    public static func decode(_ text: String) -> [UInt8]? {
+        let input = Array(text.utf8)
+        guard input.count % 4 != 1 else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(input.count * 3 / 4)
+        var buffer: UInt32 = 0
+        var bits = 0
+        for c in input {
+            let v = reverse[Int(c)]
+            guard v >= 0 else { return nil }
+            buffer = buffer << 6 | UInt32(v)
+            bits += 6
+            if bits >= 8 {
+                bits -= 8
+                out.append(UInt8(truncatingIfNeeded: buffer >> UInt32(bits)))
+                buffer &= (1 << UInt32(bits)) - 1
+            }
+        }
+        // Leftover bits must be zero (canonical encoding).
+        guard buffer == 0 else { return nil }
+        return out
+    }
+}
+
+/// RFC 3339 UTC timestamps from unix milliseconds (`2025-01-31T09:05:03.042Z`).
+public enum RFC3339 {
+    public static func string(millis: Int64) -> String {
+        let seconds = millis >= 0 ? millis / 1000 : (millis - 999) / 1000
+        let ms = Int(millis - seconds * 1000)
+        var days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
+        let secondOfDay = Int(seconds - days * 86_400)
+        // Civil from days (Howard Hinnant's algorithm).
+        days += 719_468
+        let era = (days >= 0 ? days : days - 146_096) / 146_097
+        let dayOfEra = days - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let mp = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        func pad(_ value: Int64, _ width: Int) -> String {
+            let text = String(value)
+            return text.count >= width ? text : String(repeating: "0", count: width - text.count) + text
+        }
+        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(Int64(secondOfDay / 3600), 2)):"
+            + "\(pad(Int64(secondOfDay / 60 % 60), 2)):\(pad(Int64(secondOfDay % 60), 2)).\(pad(Int64(ms), 3))Z"
+    }
+}
+
+/// Counts every answered request by route, method and status (`wipay.gateway.requests`).
+public struct GatewayMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
+    private let counters = Locked<[String: Counter]>([:])
+    private let service: String
+
+    public init(service: String) { self.service = service }
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        let response: Response
+        do {
+            response = try await next(request, context)
+        } catch {
+            let status = (error as? any HTTPResponseError)?.status ?? .internalServerError
+            count(route: context.endpointPath ?? "unmatched", method: request.method, status: status)
+            throw error
+        }
+        count(route: context.endpointPath ?? "unmatched", method: request.method, status: response.status)
+        return response
+    }
+
+    private func count(route: String, method: HTTPRequest.Method, status: HTTPResponse.Status) {
+        let key = "\(method.rawValue) \(route) \(status.code)"
+        let counter = counters.withLock { cache -> Counter in
+            if let found = cache[key] { return found }
+            let made = Counter(
+                label: "wipay.gateway.requests",
+                dimensions: [("service", service), ("route", route), ("method", method.rawValue), ("status", String(status.code))])
+            // Routes are a fixed set and statuses few, so this cache stays small; bound it anyway.
+            if cache.count < 4096 { cache[key] = made }
+            return made
+        }
+        counter.increment()
+    }
+}
