@@ -2,6 +2,7 @@
 #
 #   docker build -t wipay:local .
 #   docker run --rm wipay:local payctl --help
+#   docker run --rm -it --network host wipay:local pos-terminal --help   # the reference clients are in it too
 
 # ---- build ----------------------------------------------------------------------------------------
 FROM swift:6.1-bookworm AS build
@@ -17,7 +18,7 @@ COPY . .
 RUN swift build -c release --static-swift-stdlib \
     && bin="$(swift build -c release --static-swift-stdlib --show-bin-path)" \
     && mkdir -p /out \
-    && for p in bus ledger payment-router notifier pos-gateway phone-gateway payctl; do \
+    && for p in bus ledger payment-router notifier pos-gateway phone-gateway payctl pos-terminal phone-wallet; do \
            install -m 755 "$bin/$p" /out/ || exit 1; \
        done \
     && if [ -x "$bin/paybench" ]; then install -m 755 "$bin/paybench" /out/; fi \

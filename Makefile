@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 
 .DEFAULT_GOAL := help
-.PHONY: help run test build compose-check pin-secret clean clean-data
+.PHONY: help run test test-faults build compose-check pin-secret payload-key clean clean-data
 
 help: ## list the targets
 	@echo "WiPay make targets:"
@@ -13,6 +13,14 @@ run: ## build, then run every service locally (var/), supervised; WIPAY_SCALE=pa
 
 test: ## build and run the tests against a throwaway PostgreSQL; TEST_ARGS="--filter X"
 	bash ops/scripts/test.sh
+
+test-faults: ## the crash-safety fault suite (kill -9 and payctl drain under payment traffic, ~3 min), then its report
+	@rm -f "$${TMPDIR:-/tmp}/wipay-fault-report.txt"
+	@rc=0; WIPAY_FAULT_TESTS=1 bash ops/scripts/test.sh --filter FaultE2ETests || rc=$$?; \
+	report="$${TMPDIR:-/tmp}/wipay-fault-report.txt"; \
+	if [ -s "$$report" ]; then echo; echo "--- fault test report ($$report)"; cat "$$report"; \
+	else echo "no fault test report was written (was the suite skipped?)"; [ $$rc -ne 0 ] || rc=1; fi; \
+	exit $$rc
 
 build: ## swift build -c release
 	bash ops/scripts/deps.sh
@@ -27,6 +35,13 @@ pin-secret: ## create var/secrets/pin-secret (used by make run and by docker-com
 	@mkdir -p var/secrets && chmod 700 var/secrets
 	@if [ ! -s var/secrets/pin-secret ]; then (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > var/secrets/pin-secret) && echo "created var/secrets/pin-secret"; else echo "var/secrets/pin-secret exists"; fi
 	@chmod 600 var/secrets/pin-secret
+
+payload-key: ## create var/secrets/payload-key (the router's payload signing key; make run and docker-compose) if missing
+	@mkdir -p var/secrets && chmod 700 var/secrets
+	bash ops/scripts/deps.sh
+	swift build -c release --product payctl
+	@umask 077 && "$$(swift build -c release --show-bin-path)/payctl" keys payload var/secrets/payload-key
+	@chmod 600 var/secrets/payload-key
 
 clean: ## swift package clean (keeps var/: the database, logs and secrets)
 	swift package clean

@@ -121,7 +121,7 @@ let package = Package(
             // Pure logic of the payment flow, no sockets: state machine, payload, JSON, QR, signatures.
             .testTarget(
                 name: "PaymentFlowTests",
-                dependencies: ["WiPayPayload", "WiPayGateway", "WiPayClient", "PaymentRouterService", "WiPayBus", crypto],
+                dependencies: ["WiPayPayload", "WiPayGateway", "WiPayClient", "PaymentRouterService", "WiPayBus", crypto, hummingbird],
                 path: "Tests/PaymentFlowTests", swiftSettings: swiftSettings),
             // All five services as processes on a real PostgreSQL, driven through HTTP, SSE, payctl and the
             // reference clients.

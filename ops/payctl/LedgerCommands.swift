@@ -13,9 +13,15 @@ func randomId(_ prefix: String) -> String {
 
 /// Runs `body` with a bus client, turning bus failures into clear messages.
 func withLedger<T>(_ bus: BusOptions, _ body: (BusClient) async throws -> T) async throws -> T {
+    try await withBus(bus, body)
+}
+
+/// Runs `body` with a bus client, turning bus failures into clear messages.
+func withBus<T>(_ bus: BusOptions, _ body: (BusClient) async throws -> T) async throws -> T {
     let context = try ZMQContext()
     let client = try BusClient(
-        context: context, frontend: try bus.endpoints().frontend, sender: "payctl/\(ProcessInfo.processInfo.hostName)-\(getpid())")
+        context: context, frontend: try bus.endpoints().frontend, sender: "payctl/\(ProcessInfo.processInfo.hostName)-\(getpid())",
+        security: try bus.security())
     defer {
         client.close()
         context.shutdown()
@@ -38,6 +44,12 @@ func checkCurrency(_ code: String) throws -> String {
     return upper
 }
 
+/// Names of merchants, terminals and wallets: 1 to 100 characters, no control characters.
+func checkName(_ name: String) throws {
+    guard (1...100).contains(name.count), !name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
+    else { throw ValidationError("a name is 1 to 100 characters, without control characters") }
+}
+
 func accountJSON(_ info: AccountInfo) -> [String: Any] {
     ["account_id": info.accountId, "kind": info.kind.name, "currency": info.currency, "balance": info.balance,
      "name": info.name, "locked": info.locked]
@@ -54,18 +66,17 @@ struct Merchant: AsyncParsableCommand {
 
         func run() async throws {
             let currency = try checkCurrency(currency)
-            let merchantId = randomId("mer_")
-            let accountId = randomId("acc_")
-            let (_, info) = try await withLedger(bus) { client in
+            try checkName(name)
+            // The payment-router owns merchants: it stores the merchant and opens its ledger account.
+            let (_, info) = try await withBus(bus) { client in
                 try await client.call(
-                    service: "ledger", type: .accountOpen,
-                    AccountOpen(accountId: accountId, kind: .merchant, currency: currency, name: name, pin: nil, ownerId: merchantId),
-                    as: AccountInfo.self)
+                    service: "payment-router", type: .merchantAdd, MerchantAdd(name: name, currency: currency),
+                    as: MerchantInfo.self)
             }
             if bus.json {
-                printJSON(["merchant_id": merchantId, "account_id": info.accountId, "name": info.name, "currency": info.currency])
+                printJSON(["merchant_id": info.merchantId, "account_id": info.accountId, "name": info.name, "currency": info.currency])
             } else {
-                print("merchant \(merchantId) with account \(info.accountId) (\(info.currency))")
+                print("merchant \(info.merchantId) with account \(info.accountId) (\(info.currency))")
             }
         }
     }
@@ -88,17 +99,18 @@ struct Wallet: AsyncParsableCommand {
             guard (4...6).contains(pin.count), pin.allSatisfy(\.isASCII), pin.allSatisfy(\.isNumber) else {
                 throw ValidationError("a PIN is 4 to 6 digits")
             }
-            let accountId = randomId("acc_")
-            let (_, info) = try await withLedger(bus) { client in
+            try checkName(name)
+            // The payment-router owns wallets: it opens the ledger account (with the PIN) and issues a
+            // one-time enrollment code for the holder's phone.
+            let (_, issued) = try await withBus(bus) { client in
                 try await client.call(
-                    service: "ledger", type: .accountOpen,
-                    AccountOpen(accountId: accountId, kind: .wallet, currency: currency, name: name, pin: pin),
-                    as: AccountInfo.self)
+                    service: "payment-router", type: .walletAdd, WalletAdd(name: name, pin: pin, currency: currency),
+                    as: WalletIssued.self)
             }
             if bus.json {
-                printJSON(["account_id": info.accountId, "currency": info.currency, "balance": info.balance])
+                printJSON(["account_id": issued.accountId, "enrollment_code": issued.enrollmentCode, "currency": currency])
             } else {
-                print("wallet \(info.accountId) (\(info.currency))")
+                print("wallet \(issued.accountId) (\(currency)); enrollment code \(issued.enrollmentCode) (works once)")
             }
         }
     }

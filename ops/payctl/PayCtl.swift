@@ -8,14 +8,42 @@ import ZeroMQ
 struct BusOptions: ParsableArguments {
     @Option(help: "Host of the bus broker. [env WIPAY_BUS_HOST, default 127.0.0.1]") var busHost: String?
     @Option(help: "First port of the bus broker. [env WIPAY_BUS_PORT, default 5550]") var busPort: String?
+    @Option(help: "Folder of CurveZMQ keys; payctl uses ops.key. [env WIPAY_CURVE_KEYS_DIR; empty = no CURVE]")
+    var curveKeysDir: String?
     @Flag(help: "Print one JSON object on stdout.") var json = false
 
-    func endpoints() throws -> BusEndpoints {
+    var values: ConfigValues {
         var values = ConfigValues()
         if let busHost { values.flags[.busHost] = busHost }
         if let busPort { values.flags[.busPort] = busPort }
+        if let curveKeysDir { values.flags[.curveKeysDir] = curveKeysDir }
+        return values
+    }
+
+    func endpoints() throws -> BusEndpoints {
+        let values = self.values
         let port = try values.int(.busPort, range: 1...65532)
         return BusEndpoints(host: values.string(.busHost), basePort: port)
+    }
+
+    /// CURVE with the ops key pair (`WIPAY_CURVE_KEY_NAME` picks another) when a keys folder is set.
+    func security() throws -> BusSecurity {
+        let values = self.values
+        let dir = values.string(.curveKeysDir)
+        guard !dir.isEmpty else { return .none }
+        let name = values.string(.curveKeyName).isEmpty ? "ops" : values.string(.curveKeyName)
+        do {
+            return .curve(keys: try BusKeys.loadPair(dir: dir, name: name), brokerPublicKey: try BusKeys.loadPublic(dir: dir, name: "bus"))
+        } catch {
+            throw Failure("\(error)")
+        }
+    }
+
+    /// The public key of a service's control socket (its own key pair), when CURVE is on.
+    func controlServerKey(service: String) throws -> String? {
+        let dir = values.string(.curveKeysDir)
+        guard !dir.isEmpty else { return nil }
+        do { return try BusKeys.loadPublic(dir: dir, name: service) } catch { throw Failure("\(error)") }
     }
 }
 
@@ -26,7 +54,7 @@ struct Failure: Error, CustomStringConvertible {
 }
 
 func printJSON(_ object: Any) {
-    guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
+    guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
     print(String(decoding: data, as: UTF8.self))
 }
 
@@ -39,14 +67,19 @@ struct PayCtl: AsyncParsableCommand {
             Every command takes --json (one JSON object on stdout) and exits non-zero with a clear message
             on error. The bus is found through WIPAY_BUS_HOST / WIPAY_BUS_PORT (or --bus-host/--bus-port).
             """,
-        subcommands: [Status.self, Drain.self, Merchant.self, Wallet.self, Account.self, Reconcile.self])
+        subcommands: [
+            Status.self, Drain.self, Merchant.self, Terminal.self, Wallet.self, Account.self, Payment.self, Tail.self,
+            Reconcile.self, Keys.self,
+        ])
 }
 
 /// Collects heartbeats (`hb.*`) for a little over two intervals: every live instance says who it is.
-func collectInstances(_ endpoints: BusEndpoints, listen: Duration) async throws -> [InstanceStatus] {
+func collectInstances(_ bus: BusOptions, listen: Duration) async throws -> [InstanceStatus] {
     let context = try ZMQContext()
     defer { context.shutdown() }
-    let subscriber = try BusSubscriber(context: context, endpoint: endpoints.subscribe, topics: [Topic.heartbeatPrefix])
+    let subscriber = try BusSubscriber(
+        context: context, endpoint: try bus.endpoints().subscribe, topics: [Topic.heartbeatPrefix],
+        security: try bus.security())
     defer { subscriber.close() }
     var latest: [String: InstanceStatus] = [:]
     let deadline = ContinuousClock.now + listen
@@ -90,7 +123,7 @@ struct Status: AsyncParsableCommand {
 
     func run() async throws {
         guard (200...60_000).contains(listenMs) else { throw ValidationError("--listen-ms must be 200...60000") }
-        let instances = try await collectInstances(try bus.endpoints(), listen: .milliseconds(listenMs))
+        let instances = try await collectInstances(bus, listen: .milliseconds(listenMs))
         let missing = expect.filter { name in !instances.contains { $0.service == name && $0.healthy } }
         if bus.json {
             printJSON([
@@ -142,8 +175,8 @@ struct Drain: AsyncParsableCommand {
     @Flag(help: "Wait until the instance has exited (stopped heartbeating), up to 60 s.") var wait = false
 
     func run() async throws {
-        let endpoints = try bus.endpoints()
-        let instances = try await collectInstances(endpoints, listen: .milliseconds(2200))
+        _ = try bus.endpoints()  // fail early on a bad --bus-port
+        let instances = try await collectInstances(bus, listen: .milliseconds(2200))
             .filter { $0.service == service }
         let target: InstanceStatus
         if let instance {
@@ -163,6 +196,9 @@ struct Drain: AsyncParsableCommand {
         let context = try ZMQContext()
         defer { context.shutdown() }
         let socket = try ZMQSocket(context, .dealer)
+        if case .curve(let keys, _) = try bus.security(), let serverKey = try bus.controlServerKey(service: target.service) {
+            try socket.makeCurveClient(keys, serverPublicKey: serverKey)
+        }
         try socket.connect(target.controlEndpoint)
         let envelope = Envelope(
             kind: .request, type: .controlDrain, requestId: "payctl-drain-\(unixMillis())", sender: "payctl",
@@ -183,7 +219,7 @@ struct Drain: AsyncParsableCommand {
             exited = false
             let end = ContinuousClock.now + .seconds(60)
             while ContinuousClock.now < end {
-                let live = try await collectInstances(endpoints, listen: .milliseconds(1500))
+                let live = try await collectInstances(bus, listen: .milliseconds(1500))
                 if !live.contains(where: { $0.instance == target.instance && !$0.draining }) && !live.contains(where: { $0.instance == target.instance }) {
                     exited = true
                     break

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what WiPay needs to build, test and run locally, and only what is missing.
 #
-#   ops/scripts/deps.sh            libzmq3-dev, libpq-dev, postgresql (Debian packages)
+#   ops/scripts/deps.sh            libzmq3-dev, libpq-dev, postgresql, jq (Debian packages)
 #   ops/scripts/deps.sh --compose  the same, plus the Debian docker-compose client
 #
 # Quiet and idempotent when nothing is missing. Also checks that `swift` is on PATH.
@@ -25,7 +25,7 @@ done
 command -v dpkg-query >/dev/null 2>&1 \
     || die "dpkg-query not found: this script expects a Debian-based system (Debian 12 / bookworm)"
 
-packages=(libzmq3-dev libpq-dev postgresql)
+packages=(libzmq3-dev libpq-dev postgresql jq)
 if [[ $want_compose -eq 1 ]]; then
     packages+=(docker-compose)
 fi

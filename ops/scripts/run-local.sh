@@ -4,7 +4,9 @@
 #   ops/scripts/run-local.sh
 #   WIPAY_SCALE=payment-router=2,ledger=2 ops/scripts/run-local.sh
 #
-# Steps: ops/scripts/deps.sh; swift build -c release; a private PostgreSQL in var/pg;
+# Steps: ops/scripts/deps.sh; swift build -c release (every product: the services, payctl and the
+# reference clients pos-terminal and phone-wallet); the secrets in var/secrets (the ledger's PIN secret,
+# the router's payload signing key, both created on first start); a private PostgreSQL in var/pg;
 # the bus (broker) first, then every other service, each instance with its own log in
 # var/log/<service>-<n>.log. An instance that exits is restarted (1 s, backing off up to
 # 10 s while it keeps dying fast). Ctrl-C / SIGTERM stops everything: SIGTERM to every
@@ -22,6 +24,9 @@
 #   WIPAY_PHONE_PORT   first phone-gateway HTTP port (default 8090)
 #   WIPAY_LOG_LEVEL    passed to the services (default info)
 #   WIPAY_LOG_FORMAT   passed to the services (default text)
+#   WIPAY_CURVE        on (default): CurveZMQ on every bus socket, keys made on first start in
+#                      var/secrets/curve (give payctl WIPAY_CURVE_KEYS_DIR=var/secrets/curve);
+#                      off: plain TCP on loopback
 set -euo pipefail
 
 prog="run-local"
@@ -52,6 +57,10 @@ VAR_DIR="$REPO_ROOT/var"
 LOG_DIR="$VAR_DIR/log"
 SECRETS_DIR="$VAR_DIR/secrets"
 PIN_SECRET_FILE="$SECRETS_DIR/pin-secret"
+PAYLOAD_KEY_FILE="$SECRETS_DIR/payload-key"
+CURVE_DIR="$SECRETS_DIR/curve"
+CURVE="${WIPAY_CURVE:-on}"
+[[ "$CURVE" == on || "$CURVE" == off ]] || die "WIPAY_CURVE must be on or off, got '$CURVE'"
 PG_DIR="${pg_dir_arg:-$VAR_DIR/pg}"
 LOCK_FILE="$VAR_DIR/run-local.pid"
 
@@ -259,7 +268,10 @@ for svc in "${SERVICES[@]}"; do
     [[ -x "$BIN_DIR/$svc" ]] || die "executable $(rel "$BIN_DIR")/$svc not found"
 done
 PAYCTL="$BIN_DIR/payctl"
-[[ -x "$PAYCTL" ]] || warn "$(rel "$PAYCTL") not found (the ops tool)"
+[[ -x "$PAYCTL" ]] || die "$(rel "$PAYCTL") not found (the ops tool; it also creates the payload signing key)"
+for client in pos-terminal phone-wallet; do
+    [[ -x "$BIN_DIR/$client" ]] || warn "$(rel "$BIN_DIR")/$client not found (a reference client)"
+done
 
 # --- secrets ------------------------------------------------------------------------------------------------
 mkdir -p "$SECRETS_DIR"
@@ -272,6 +284,20 @@ fi
 chmod 600 "$PIN_SECRET_FILE"
 [[ "$(tr -d '\n' <"$PIN_SECRET_FILE")" =~ ^[0-9a-f]{64}$ ]] \
     || die "$(rel "$PIN_SECRET_FILE") does not hold 64 hex characters; delete it to have a new one generated"
+# The payment-router signs payment payloads with this Ed25519 key; phones verify them with its public key.
+# payctl creates it (mode 600) when missing and otherwise only reads it.
+payload_key_existed=0
+[[ -s "$PAYLOAD_KEY_FILE" ]] && payload_key_existed=1
+(umask 077 && "$PAYCTL" keys payload "$PAYLOAD_KEY_FILE" --json >/dev/null) \
+    || die "cannot create or read the payload signing key $(rel "$PAYLOAD_KEY_FILE"); delete it to have a new one generated"
+chmod 600 "$PAYLOAD_KEY_FILE"
+((payload_key_existed == 1)) || say "generated the payload signing key in $(rel "$PAYLOAD_KEY_FILE")"
+# CurveZMQ: one key pair per service plus ops (payctl); authorized/ holds what the bus admits.
+if [[ "$CURVE" == on ]]; then
+    curve_created="$("$PAYCTL" keys generate --dir "$CURVE_DIR" --json)" \
+        || die "cannot create or read the CURVE keys in $(rel "$CURVE_DIR")"
+    [[ "$curve_created" == *'"created":[]'* ]] || say "generated CURVE keys in $(rel "$CURVE_DIR")"
+fi
 
 # --- ports must be free -------------------------------------------------------------------------------------
 busy=()
@@ -299,9 +325,11 @@ start_instance() {
         "WIPAY_LOG_LEVEL=$LOG_LEVEL"
         "WIPAY_LOG_FORMAT=$LOG_FORMAT"
     )
+    [[ "$CURVE" == on ]] && envs+=("WIPAY_CURVE_KEYS_DIR=$CURVE_DIR")
     case "$svc" in
         ledger) envs+=("WIPAY_DATABASE_URL=$DATABASE_URL" "WIPAY_PIN_SECRET_FILE=$PIN_SECRET_FILE") ;;
-        payment-router | notifier) envs+=("WIPAY_DATABASE_URL=$DATABASE_URL") ;;
+        payment-router) envs+=("WIPAY_DATABASE_URL=$DATABASE_URL" "WIPAY_PAYLOAD_KEY_FILE=$PAYLOAD_KEY_FILE") ;;
+        notifier) envs+=("WIPAY_DATABASE_URL=$DATABASE_URL") ;;
     esac
     printf '\n=== %s run-local: starting %s ===\n' "$(date '+%Y-%m-%dT%H:%M:%S%z')" "$key" >>"$log"
     # In a session of its own, so a Ctrl-C in the terminal reaches only this supervisor, which
@@ -356,6 +384,7 @@ done
 payctl_cmd="$(rel "$PAYCTL")"
 [[ "$payctl_cmd" == /* ]] || payctl_cmd="./$payctl_cmd"
 if [[ "$BUS_PORT" != 5550 ]]; then payctl_cmd="WIPAY_BUS_PORT=$BUS_PORT $payctl_cmd"; fi
+if [[ "$CURVE" == on ]]; then payctl_cmd="WIPAY_CURVE_KEYS_DIR=$(rel "$CURVE_DIR") $payctl_cmd"; fi
 {
     echo
     echo "WiPay is running (supervisor pid $$). Ctrl-C stops everything."
@@ -371,6 +400,9 @@ if [[ "$BUS_PORT" != 5550 ]]; then payctl_cmd="WIPAY_BUS_PORT=$BUS_PORT $payctl_
     printf '  %-16s %s\n' "database" "$DATABASE_URL"
     printf '  %-16s %s/<service>-<n>.log\n' "logs" "$(rel "$LOG_DIR")"
     printf '  %-16s %s\n' "PIN secret" "$(rel "$PIN_SECRET_FILE")"
+    printf '  %-16s %s\n' "payload key" "$(rel "$PAYLOAD_KEY_FILE")"
+    printf '  %-16s %s\n' "CURVE" "$CURVE$([[ "$CURVE" == on ]] && echo " (keys in $(rel "$CURVE_DIR"))")"
+    printf '  %-16s %s\n' "binaries" "$(rel "$BIN_DIR") (payctl, pos-terminal, phone-wallet, ...)"
     echo
     echo "try: $payctl_cmd status"
     echo

@@ -3,6 +3,8 @@
 #
 #   ops/scripts/test.sh                       swift build --build-tests, then swift test
 #   TEST_ARGS="--filter LedgerTests" make test extra arguments for `swift test` (word-split)
+#   ops/scripts/test.sh --filter FaultE2ETests  arguments are passed on to `swift test` too
+#                                             (the fault suite also needs WIPAY_FAULT_TESTS=1: make test-faults)
 #
 # Starts a private PostgreSQL in a mktemp folder on a free port, exports
 #   WIPAY_TEST_DATABASE_URL="host=127.0.0.1 port=PORT dbname=wipay user=wipay"
@@ -20,6 +22,7 @@ PG_SH=(bash "$REPO_ROOT/ops/scripts/pg.sh")
 bash "$REPO_ROOT/ops/scripts/deps.sh"
 
 read -r -a extra_args <<<"${TEST_ARGS:-}"
+extra_args+=("$@")
 
 tmpdir=""
 pgdir=""

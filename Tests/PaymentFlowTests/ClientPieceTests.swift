@@ -1,0 +1,200 @@
+import Crypto
+import Foundation
+import Testing
+import WiPayPayload
+
+@testable import WiPayClient
+
+@Suite struct ClientSigningTests {
+    @Test func signedHeadersVerifyWithTheDeviceKey() throws {
+        let key = Curve25519.Signing.PrivateKey()
+        let device = DeviceIdentity(deviceId: "dev_abcdefghijklmnop", privateKey: key)
+        let body = Array(#"{"payload":"x","pin":"1234"}"#.utf8)
+        let headers = try device.signedHeaders(method: "POST", path: "/v1/payment-instructions", body: body, now: 1_700_000_000)
+        #expect(headers["X-Device-Id"] == "dev_abcdefghijklmnop")
+        #expect(headers["X-Timestamp"] == "1700000000")
+        let signature = try #require(headers["X-Signature"])
+        #expect(!signature.contains("=") && !signature.contains("+") && !signature.contains("/"))
+        // The exact signed text, checked independently with Crypto.
+        let hash = SHA256.hash(data: body).map { String(format: "%02x", $0) }.joined()
+        let text = "POST\n/v1/payment-instructions\n1700000000\n\(hash)"
+        let raw = try #require(Base64URL.decode(signature))
+        #expect(raw.count == 64)
+        #expect(key.publicKey.isValidSignature(raw, for: Array(text.utf8)))
+        #expect(DeviceIdentity.signingInput(method: "POST", path: "/v1/payment-instructions", timestamp: 1_700_000_000, body: body) == Array(text.utf8))
+        // Any change breaks it.
+        #expect(!DeviceIdentity.verify(signature: signature, publicKey: key.publicKey, method: "POST", path: "/v1/payment-instructions", timestamp: 1_700_000_001, body: body))
+        #expect(!DeviceIdentity.verify(signature: signature, publicKey: key.publicKey, method: "GET", path: "/v1/payment-instructions", timestamp: 1_700_000_000, body: body))
+        #expect(DeviceIdentity.verify(signature: signature, publicKey: key.publicKey, method: "POST", path: "/v1/payment-instructions", timestamp: 1_700_000_000, body: body))
+        // The empty body hashes to SHA-256("").
+        let empty = DeviceIdentity.signingInput(method: "GET", path: "/v1/accounts/me", timestamp: 5, body: [])
+        #expect(String(decoding: empty, as: UTF8.self) == "GET\n/v1/accounts/me\n5\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(device.publicKeyBase64URL == Base64URL.encode(Array(key.publicKey.rawRepresentation)))
+    }
+}
+
+@Suite struct ClientSSEParserTests {
+    @Test func parsesFieldsCommentsAndLineEnds() throws {
+        var parser = ServerSentEventParser()
+        var events = try parser.feed(Array(": comment\n\nid: 7\nevent: payment.declined\ndata: a\ndata:b\n\n".utf8))
+        #expect(events == [ServerSentEvent(id: "7", event: "payment.declined", data: "a\nb")])
+        // CR line ends split between feeds; an event without data is not dispatched; the id persists.
+        events = try parser.feed(Array("event: x\r\n\r".utf8))
+        events += try parser.feed(Array("\ndata: y\r".utf8))
+        events += try parser.feed(Array("\r".utf8))
+        #expect(events == [ServerSentEvent(id: "7", event: "message", data: "y")])
+        #expect(parser.lastEventId == "7")
+        var small = ServerSentEventParser(maxEventBytes: 16)
+        #expect(throws: ServerSentEventParser.TooLarge.self) { try small.feed(Array("data: 0123456789abcdefghij\n".utf8)) }
+    }
+}
+
+@Suite struct ClientMoneyAndJSONTests {
+    @Test func formatsMinorUnitsWithoutFloats() {
+        #expect(Money.format(1250, "CNY") == "12.50 CNY")
+        #expect(Money.format(5, "EUR") == "0.05 EUR")
+        #expect(Money.format(500, "JPY") == "500 JPY")
+        #expect(Money.format(1234, "KWD") == "1.234 KWD")
+        #expect(Money.format(1_000_000_000_000, "USD") == "10000000000.00 USD")
+        #expect(Money.format(-5, "EUR") == "-0.05 EUR")
+        #expect(Money.format(Int64.min, "EUR") == "-92233720368547758.08 EUR")
+    }
+
+    @Test func jsonKeepsIntegers() throws {
+        let value = try #require(JSON.parse(Array(#"{"amount": 1000000000000, "ok": true, "name": "x", "n": null, "f": 1.5}"#.utf8)))
+        #expect(value["amount"]?.int64 == 1_000_000_000_000)
+        #expect(value["ok"]?.bool == true)
+        #expect(value["name"]?.string == "x")
+        #expect(value["n"] == .null)
+        #expect(value["f"]?.int64 == nil)
+        #expect(JSON.object(["b": 1, "a": "x"]).text == #"{"a":"x","b":1}"#)
+        #expect(JSON.parse(Array("not json".utf8)) == nil)
+    }
+}
+
+@Suite struct ClientLinkTests {
+    static func signed(requestId: String, key: Curve25519.Signing.PrivateKey, expires: Int64 = unixNow() + 120) throws -> String {
+        try PayloadSigner(privateKey: key).sign(
+            PaymentPayload(
+                requestId: requestId, merchantId: "mer_aaaaaaaaaaaaaaaa", merchantName: "Corner Café", amountMinor: 1250,
+                currency: "CNY", expiresAtSeconds: expires))
+    }
+
+    static func freePort() -> UInt16 { UInt16.random(in: 40000...60000) }
+
+    @Test func datagramFraming() throws {
+        #expect(LocalLink.payload(in: LocalLink.datagram(for: "000201")) == "000201")
+        #expect(LocalLink.payload(in: Array("WIPAY2 000201".utf8)) == nil)
+        #expect(LocalLink.payload(in: Array("WIPAY1 ".utf8)) == nil)
+        #expect(LocalLink.payload(in: Array("WIPAY1 a\nb".utf8)) == nil)
+        #expect(LocalLink.payload(in: Array(repeating: 0x41, count: 5000)) == nil)
+        #expect(throws: LinkError.self) { try LinkSettings.resolve(address: nil, port: 70000, environment: [:]) }
+        #expect(throws: LinkError.self) { try LinkSettings.resolve(address: nil, port: nil, environment: ["WIPAY_LINK_PORT": "x"]) }
+        #expect(try LinkSettings.resolve(address: nil, port: nil, environment: ["WIPAY_LINK_PORT": "5000", "WIPAY_LINK_ADDRESS": "192.168.1.255"])
+            == LinkSettings(address: "192.168.1.255", port: 5000))
+        #expect(try LinkSettings.resolve(address: "10.0.0.255", port: 6000, environment: ["WIPAY_LINK_PORT": "5000"])
+            == LinkSettings(address: "10.0.0.255", port: 6000))
+        #expect(try LinkSettings.resolve(address: nil, port: nil, environment: [:]) == LinkSettings(address: "127.0.0.1", port: 47474))
+    }
+
+    @Test(.timeLimit(.minutes(1))) func listenerReturnsTheFirstPayloadThatVerifies() async throws {
+        let serverKey = Curve25519.Signing.PrivateKey()
+        let rogueKey = Curve25519.Signing.PrivateKey()
+        let port = Self.freePort()
+        let listener = try LinkListener(port: port)
+        defer { listener.close() }
+        let settings = LinkSettings(address: "127.0.0.1", port: port)
+        // Noise, a forged payload, an expired one, then the genuine one.
+        let noise = try LinkAnnouncer(payload: "hello", settings: settings, interval: .milliseconds(50))
+        let forged = try LinkAnnouncer(payload: try Self.signed(requestId: "pr_forged", key: rogueKey), settings: settings, interval: .milliseconds(50))
+        let expired = try LinkAnnouncer(payload: try Self.signed(requestId: "pr_old", key: serverKey, expires: unixNow() - 5), settings: settings, interval: .milliseconds(50))
+        let genuineText = try Self.signed(requestId: "pr_genuine", key: serverKey)
+        let genuine = try LinkAnnouncer(payload: genuineText, settings: settings)
+        for announcer in [noise, forged, expired] { announcer.start() }
+        try await Task.sleep(for: .milliseconds(200))
+        genuine.start()
+        defer { for announcer in [noise, forged, expired, genuine] { announcer.stop() } }
+        let verifier = PayloadVerifier(keys: [PayloadKeys.keyId(of: Array(serverKey.publicKey.rawRepresentation)): Array(serverKey.publicKey.rawRepresentation)])
+        let found = try await listener.firstVerified(verifier: verifier, deadline: .now + .seconds(5))
+        #expect(found?.payload.requestId == "pr_genuine")
+        #expect(found?.text == genuineText)
+        #expect(found?.payload.merchantName == "Corner Café")
+        #expect(genuine.sentCount >= 1)
+        #expect(genuine.lastError == nil)
+    }
+
+    @Test(.timeLimit(.minutes(1))) func listenerTimesOutAndBroadcastWorks() async throws {
+        let port = Self.freePort()
+        let listener = try LinkListener(port: port)
+        defer { listener.close() }
+        let started = ContinuousClock.now
+        let nothing = try await listener.next(deadline: .now + .milliseconds(300))
+        #expect(nothing == nil)
+        #expect(ContinuousClock.now - started >= .milliseconds(300))
+        // SO_BROADCAST is set, so sending to a broadcast address is allowed (it may not be routable here).
+        let broadcast = try LinkAnnouncer(payload: "x", settings: LinkSettings(address: "255.255.255.255", port: port))
+        broadcast.sendOnce()
+        #expect(broadcast.lastError == nil || !(broadcast.lastError ?? "").contains("Permission denied"))
+        // Two listeners on one port (SO_REUSEPORT) can both bind.
+        let second = try LinkListener(port: port)
+        second.close()
+    }
+}
+
+@Suite struct ClientWalletHomeTests {
+    func temporaryFolder() -> String {
+        let path = NSTemporaryDirectory() + "wipay-home-\(UUID().uuidString)"
+        return path
+    }
+
+    @Test func savesWithOwnerOnlyModesAndLoadsBack() throws {
+        let path = temporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let home = WalletHome(path: path)
+        #expect(!home.isEnrolled)
+        #expect(throws: WalletHomeError.self) { try home.load() }
+        let key = Curve25519.Signing.PrivateKey()
+        let payloadKey = Array(Curve25519.Signing.PrivateKey().publicKey.rawRepresentation)
+        let wallet = Wallet(
+            identity: DeviceIdentity(deviceId: "dev_x", privateKey: key), accountId: "wal_y", gatewayURL: "http://127.0.0.1:8090",
+            name: "test phone", payloadKeys: ["k1234abcd": payloadKey])
+        try home.save(wallet)
+        #expect(home.isEnrolled)
+        func mode(_ file: String) throws -> Int {
+            let attributes = try FileManager.default.attributesOfItem(atPath: file)
+            return (attributes[.posixPermissions] as? NSNumber)?.intValue ?? -1
+        }
+        #expect(try mode(path) == 0o700)
+        for file in [WalletHome.keyFile, WalletHome.walletFile, WalletHome.payloadKeysFile] {
+            #expect(try mode(path + "/" + file) == 0o600)
+        }
+        let loaded = try home.load()
+        #expect(loaded.identity.deviceId == "dev_x")
+        #expect(loaded.identity.publicKeyBase64URL == wallet.identity.publicKeyBase64URL)
+        #expect(loaded.accountId == "wal_y")
+        #expect(loaded.gatewayURL == "http://127.0.0.1:8090")
+        #expect(loaded.payloadKeys == ["k1234abcd": payloadKey])
+        // A key file others can read is refused.
+        chmod(path + "/" + WalletHome.keyFile, 0o644)
+        #expect(throws: WalletHomeError.self) { try home.load() }
+        chmod(path + "/" + WalletHome.keyFile, 0o600)
+        _ = try home.load()
+        // Garbage in the key file is a clear error, not a crash.
+        try Data("garbage".utf8).write(to: URL(fileURLWithPath: path + "/" + WalletHome.keyFile))
+        chmod(path + "/" + WalletHome.keyFile, 0o600)
+        #expect(throws: WalletHomeError.self) { try home.load() }
+    }
+
+    @Test func payloadKeySetParsing() {
+        let good = Base64URL.encode(Array(repeating: 7, count: 32))
+        let json: JSON = [
+            "keys": [
+                ["key_id": "k1", "public_key": .string(good)],
+                ["key_id": "k2", "public_key": "too-short"],
+                ["key_id": 5, "public_key": .string(good)],
+            ]
+        ]
+        #expect(PayloadKeySet.parse(json) == ["k1": Array(repeating: 7, count: 32)])
+        #expect(PayloadKeySet.parse(PayloadKeySet.json(["k1": Array(repeating: 7, count: 32)])) == ["k1": Array(repeating: 7, count: 32)])
+    }
+}

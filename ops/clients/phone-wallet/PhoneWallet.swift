@@ -1,0 +1,393 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import WiPayClient
+import WiPayPayload
+
+/// The reference phone wallet: enrolls a device key, pays the request a terminal announces on the local
+/// link, and shows the balance.
+@main
+struct PhoneWallet: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "phone-wallet",
+        abstract: "A reference phone wallet for WiPay.",
+        discussion: """
+            The wallet lives in --home DIR (default ~/.wipay, mode 0700, files 0600): the device key, the
+            device and account ids, the phone-gateway's URL and the keys that verify payloads.
+            Exit status: 0 success; 1 declined; 2 usage, connection errors and timeouts.
+            """,
+        subcommands: [Enroll.self, Pay.self, Balance.self])
+}
+
+enum Exit {
+    static let ok: Int32 = 0
+    static let declined: Int32 = 1
+    static let error: Int32 = 2
+}
+
+struct CommonOptions: ParsableArguments {
+    @Option(help: "The wallet folder. [default ~/.wipay]") var home: String?
+    @Flag(help: "Print one JSON object on stdout (prompts still go to the terminal).") var json = false
+
+    func fail(_ code: String, _ message: String, extra: [String: JSON] = [:]) -> Int32 {
+        Console.error("phone-wallet: \(message)")
+        if json {
+            var object = extra
+            object["status"] = "error"
+            object["error"] = ["code": .string(code), "message": .string(message)]
+            print(JSON.object(object).text)
+        }
+        return Exit.error
+    }
+
+    func say(_ text: String) {
+        if !json { print(text) }
+    }
+}
+
+func errorCode(_ error: any Error) -> String {
+    switch error {
+    case let error as APIError: error.code
+    case let error as HTTPClientError: error.code.description
+    default: "error"
+    }
+}
+
+// MARK: - enroll
+
+struct Enroll: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make this device's key and enroll it with a one-time code.",
+        discussion: """
+            Generates an Ed25519 key, sends its public half with the code (POST /v1/devices), fetches the
+            payload keys (GET /v1/payload-keys) and saves everything in the wallet folder. Prints the
+            device and account ids. The phone-gateway is --url, WIPAY_PHONE_URL or http://127.0.0.1:8090.
+            """)
+
+    @Argument(help: "The enrollment code from `payctl wallet add` (XXXX-XXXX-XXXX).") var code: String
+    @Option(help: "A name for this device.") var name: String = "phone-wallet"
+    @Option(help: "The phone-gateway's URL. [env WIPAY_PHONE_URL, default http://127.0.0.1:8090]") var url: String?
+    @Flag(help: "Replace a wallet already enrolled in the folder.") var force = false
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws { throw ExitCode(await enroll()) }
+
+    func enroll() async -> Int32 {
+        let env = ProcessInfo.processInfo.environment
+        let baseURL = url ?? env["WIPAY_PHONE_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:8090"
+        let trimmedCode = code.trimmingCharacters(in: .whitespaces)
+        guard !trimmedCode.isEmpty, trimmedCode.utf8.count <= 64 else {
+            return options.fail("invalid_code", "the enrollment code looks like XXXX-XXXX-XXXX")
+        }
+        guard !name.isEmpty, name.utf8.count <= 100 else {
+            return options.fail("invalid_name", "--name must be 1 to 100 bytes")
+        }
+        let home = WalletHome(path: options.home)
+        if home.isEnrolled && !force {
+            return options.fail("already_enrolled", "\(home.path) already holds a wallet (use --force to replace it)")
+        }
+        do {
+            try home.prepare()  // before the code is spent
+        } catch {
+            return options.fail("home_error", error.message)
+        }
+        let client: PhoneClient
+        do {
+            client = try PhoneClient(baseURL: baseURL)
+        } catch {
+            return options.fail("invalid_url", error.message)
+        }
+        let key = Curve25519.Signing.PrivateKey()
+        let response: HTTPResponse
+        do {
+            response = try await client.enroll(
+                code: trimmedCode, publicKey: Base64URL.encode(Array(key.publicKey.rawRepresentation)), name: name)
+        } catch {
+            return options.fail(errorCode(error), "cannot reach the phone-gateway at \(baseURL): \(error)")
+        }
+        guard response.status == 201 || response.status == 200 else {
+            let apiError = APIError(response: response)
+            return options.fail(apiError.code, "enrollment refused: \(apiError)")
+        }
+        guard let body = try? response.json(), let deviceId = body["device_id"]?.string,
+            let accountId = body["account_id"]?.string
+        else {
+            return options.fail("malformed_response", "the gateway's answer has no device_id or account_id")
+        }
+        var keys: [String: [UInt8]] = [:]
+        do {
+            keys = try await client.payloadKeys()
+        } catch {
+            Console.error("phone-wallet: warning: could not fetch the payload keys (\(error)); `pay` will fetch them")
+        }
+        let wallet = Wallet(
+            identity: DeviceIdentity(deviceId: deviceId, privateKey: key), accountId: accountId, gatewayURL: baseURL,
+            name: name, payloadKeys: keys)
+        do {
+            try home.save(wallet)
+        } catch {
+            return options.fail("home_error", "enrolled as \(deviceId) but cannot save the wallet: \(error.message)")
+        }
+        if options.json {
+            print(JSON.object(["device_id": .string(deviceId), "account_id": .string(accountId), "home": .string(home.path)]).text)
+        } else {
+            print("Enrolled device \(deviceId) for account \(accountId)")
+            print("device_id: \(deviceId)")
+            print("account_id: \(accountId)")
+        }
+        return Exit.ok
+    }
+}
+
+// MARK: - pay
+
+struct Pay: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Pay the request a terminal announces on the local link.",
+        discussion: """
+            Listens on the local link (WIPAY_LINK_ADDRESS/WIPAY_LINK_PORT or --link-address/--link-port,
+            default port 47474) for a payload that verifies with the saved keys (fetching the keys again
+            once if it names an unknown key), shows merchant and amount, asks "Pay? [y/N]" unless --yes,
+            reads the PIN with echo off unless --pin or WIPAY_PIN is given, sends the signed instruction
+            (retried with the same Idempotency-Key on 503) and waits for the completion notice on the
+            device's event stream. The PIN is never printed.
+            """)
+
+    @Option(help: "The PIN (4 to 6 digits). [env WIPAY_PIN; asked for on the terminal otherwise]") var pin: String?
+    @Flag(help: "Do not ask for confirmation.") var yes = false
+    @Option(help: "Seconds to wait for a payload on the link, and then for the notice.") var timeout: Int = 60
+    @Option(help: "The link address (only its port matters for listening). [env WIPAY_LINK_ADDRESS]") var linkAddress: String?
+    @Option(help: "The link's UDP port. [env WIPAY_LINK_PORT, default 47474]") var linkPort: Int?
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws { throw ExitCode(await pay()) }
+
+    func pay() async -> Int32 {
+        guard (1...3600).contains(timeout) else { return options.fail("invalid_timeout", "--timeout must be 1 to 3600 seconds") }
+        let home = WalletHome(path: options.home)
+        var wallet: Wallet
+        do {
+            wallet = try home.load()
+        } catch {
+            return options.fail("home_error", error.message)
+        }
+        let link: LinkSettings
+        do {
+            link = try LinkSettings.resolve(address: linkAddress, port: linkPort)
+        } catch {
+            return options.fail("invalid_link", error.message)
+        }
+        let client: PhoneClient
+        do {
+            client = try PhoneClient(baseURL: wallet.gatewayURL, identity: wallet.identity)
+        } catch {
+            return options.fail("invalid_url", error.message)
+        }
+        if let given = pin ?? ProcessInfo.processInfo.environment["WIPAY_PIN"], !Self.isPIN(given) {
+            return options.fail("invalid_pin_format", "a PIN is 4 to 6 digits")
+        }
+
+        // 1. Find the payload.
+        let listener: LinkListener
+        do {
+            listener = try LinkListener(port: link.port)
+        } catch {
+            return options.fail("link_error", error.message)
+        }
+        defer { listener.close() }
+        options.say("Listening on the local link (UDP port \(link.port)) for up to \(timeout) s…")
+        let keysRefreshed = OnceFlag()
+        let walletKeys = KeyBox(wallet.payloadKeys)
+        let found: (text: String, payload: PaymentPayload)?
+        do {
+            found = try await listener.firstAccepted(deadline: .now + .seconds(timeout)) { text in
+                if let payload = try? PayloadVerifier(keys: walletKeys.keys).verify(text, nowSeconds: unixNow()) {
+                    return payload
+                }
+                // An unknown key id: the server may have rotated its key. Fetch the keys once.
+                guard let keyId = PayloadVerifier.keyId(of: text), walletKeys.keys[keyId] == nil, keysRefreshed.setOnce(),
+                    let fresh = try? await client.payloadKeys()
+                else { return nil }
+                walletKeys.keys = fresh
+                try? home.savePayloadKeys(fresh)
+                return try? PayloadVerifier(keys: fresh).verify(text, nowSeconds: unixNow())
+            }
+        } catch {
+            return options.fail("link_error", "listening on the link failed: \(error)")
+        }
+        guard let (payloadText, payload) = found else {
+            return options.fail("timed_out", "no payment request that verifies was announced on port \(link.port) within \(timeout) s")
+        }
+        wallet.payloadKeys = walletKeys.keys
+        let amountText = Money.format(payload.amountMinor, payload.currency)
+
+        // 2. Confirm and get the PIN.
+        if !options.json {
+            print("Pay \(amountText) to \(payload.merchantName) (request \(payload.requestId))")
+        } else {
+            Console.error("Pay \(amountText) to \(payload.merchantName) (request \(payload.requestId))")
+        }
+        if !yes && !Console.confirm("Pay? [y/N] ") {
+            options.say("Not paid.")
+            if options.json { print(JSON.object(["status": "not_confirmed", "request_id": .string(payload.requestId)]).text) }
+            return Exit.declined
+        }
+        guard let thePIN = pin ?? ProcessInfo.processInfo.environment["WIPAY_PIN"] ?? Console.readSecret(prompt: "PIN: ") else {
+            return options.fail("no_pin", "no PIN: pass --pin, set WIPAY_PIN or run on a terminal")
+        }
+        guard Self.isPIN(thePIN) else { return options.fail("invalid_pin_format", "a PIN is 4 to 6 digits") }
+
+        // 3. The device's event stream first, then the instruction.
+        let feed = EventFeed { lastId in try await client.events(lastEventId: lastId) }
+        do {
+            try await feed.connect()
+        } catch {
+            return options.fail(errorCode(error), "cannot open the device event stream: \(error)")
+        }
+        defer { Task { await feed.close() } }
+        let response: HTTPResponse
+        do {
+            response = try await client.pay(payload: payloadText, pin: thePIN, idempotencyKey: IdempotencyKey.random())
+        } catch {
+            return options.fail(errorCode(error), "cannot send the payment instruction: \(error)",
+                extra: ["request_id": .string(payload.requestId)])
+        }
+        let body = try? response.json()
+        let requestId = payload.requestId
+        func matching(_ type: String) -> @Sendable (ServerSentEvent) -> Bool {
+            { event in
+                guard let data = event.json, data["request_id"]?.string == requestId else { return false }
+                return (data["type"]?.string ?? event.event) == type
+            }
+        }
+
+        if response.status == 200 {
+            // 4. Wait for the completion notice.
+            let notice = await feed.next(timeout: .seconds(timeout), where: matching("payment.succeeded"))
+            var object: [String: JSON] = [
+                "status": "succeeded", "request_id": .string(requestId),
+                "payment_id": .optional(body?["payment_id"]?.string), "amount": .int(payload.amountMinor),
+                "currency": .string(payload.currency), "merchant": .string(payload.merchantName),
+                "balance": body?["balance"] ?? .null,
+                "notice": notice.map { .object(["event_id": .optional($0.id), "type": .string($0.event)]) } ?? .null,
+            ]
+            guard notice != nil else {
+                object["status"] = "error"
+                object["error"] = [
+                    "code": "notice_timed_out",
+                    "message": .string("the payment succeeded but no completion notice arrived within \(timeout) s"),
+                ]
+                Console.error("phone-wallet: payment \(body?["payment_id"]?.string ?? "?") succeeded, but no completion notice arrived within \(timeout) s")
+                if options.json { print(JSON.object(object).text) }
+                return Exit.error
+            }
+            if options.json {
+                print(JSON.object(object).text)
+            } else {
+                let balance = body?["balance"]?.int64.map { Money.format($0, payload.currency) } ?? "?"
+                print("Paid \(amountText) to \(payload.merchantName): payment \(body?["payment_id"]?.string ?? "?"), balance \(balance)")
+                print("Notice received: payment.succeeded (event \(notice?.id ?? "?"))")
+            }
+            return Exit.ok
+        }
+        if response.status == 422 {
+            let code = body?["error"]?["code"]?.string ?? "declined"
+            let message = body?["error"]?["message"]?.string ?? ""
+            // Declines by the ledger end the request: its notice follows. Others (already paid…) change nothing.
+            let endsRequest: Set<String> = ["insufficient_funds", "incorrect_pin", "pin_locked", "currency_mismatch"]
+            let notice = endsRequest.contains(code)
+                ? await feed.next(timeout: .seconds(min(timeout, 10)), where: matching("payment.declined")) : nil
+            if options.json {
+                print(JSON.object([
+                    "status": "declined", "request_id": .string(requestId), "amount": .int(payload.amountMinor),
+                    "currency": .string(payload.currency), "merchant": .string(payload.merchantName),
+                    "error": ["code": .string(code), "message": .string(message)],
+                    "notice": notice.map { .object(["event_id": .optional($0.id), "type": .string($0.event)]) } ?? .null,
+                ]).text)
+            } else {
+                print("Declined: \(code)\(message.isEmpty ? "" : " — \(message)")")
+                if let notice { print("Notice received: payment.declined (event \(notice.id ?? "?"))") }
+            }
+            return Exit.declined
+        }
+        let apiError = APIError(response: response)
+        return options.fail(apiError.code, "the gateway refused the instruction: \(apiError)", extra: ["request_id": .string(requestId)])
+    }
+
+    static func isPIN(_ text: String) -> Bool {
+        (4...6).contains(text.utf8.count) && text.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }
+    }
+}
+
+/// Set once, from any task.
+final class OnceFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var set = false
+    /// True the first time only.
+    func setOnce() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if set { return false }
+        set = true
+        return true
+    }
+}
+
+/// The payload keys, updated after a refresh.
+final class KeyBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: [String: [UInt8]]
+    init(_ value: [String: [UInt8]]) { self.value = value }
+    var keys: [String: [UInt8]] {
+        get { lock.withLock { value } }
+        set { lock.withLock { value = newValue } }
+    }
+}
+
+// MARK: - balance
+
+struct Balance: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the account's balance and recent payments (GET /v1/accounts/me).")
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws { throw ExitCode(await balance()) }
+
+    func balance() async -> Int32 {
+        let wallet: Wallet
+        do {
+            wallet = try WalletHome(path: options.home).load()
+        } catch {
+            return options.fail("home_error", error.message)
+        }
+        let response: HTTPResponse
+        do {
+            let client = try PhoneClient(baseURL: wallet.gatewayURL, identity: wallet.identity)
+            response = try await client.account()
+        } catch {
+            return options.fail(errorCode(error), "cannot reach the phone-gateway at \(wallet.gatewayURL): \(error)")
+        }
+        guard response.status == 200, let body = try? response.json() else {
+            let apiError = APIError(response: response)
+            return options.fail(apiError.code, "the gateway refused: \(apiError)")
+        }
+        if options.json {
+            print(body.text)
+            return Exit.ok
+        }
+        let currency = body["currency"]?.string ?? ""
+        print("Account \(body["account_id"]?.string ?? wallet.accountId)")
+        print("Balance: \(body["balance"]?.int64.map { Money.format($0, currency) } ?? "?")")
+        let recent = body["recent"]?.array ?? []
+        if !recent.isEmpty { print("Recent payments:") }
+        for payment in recent {
+            let amount = payment["amount"]?.int64.map { Money.format($0, payment["currency"]?.string ?? currency) } ?? "?"
+            let whenText = payment["posted_at"]?.string ?? payment["created_at"]?.string ?? ""
+            let merchant = payment["merchant"]?["name"]?.string ?? payment["merchant_name"]?.string ?? ""
+            let id = payment["payment_id"]?.string ?? payment["id"]?.string ?? ""
+            print("  \(whenText)  \(amount)  \(merchant)  \(id)")
+        }
+        return Exit.ok
+    }
+}

@@ -1,1 +1,0 @@
-print("phone-wallet: not built yet")

@@ -1,1 +1,0 @@
-print("pos-terminal: not built yet")
