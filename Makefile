@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-faults build compose-check pin-secret payload-key clean clean-data
+.PHONY: help run test test-faults build compose-check pin-secret payload-key curve-keys clean clean-data
 
 help: ## list the targets
 	@echo "WiPay make targets:"
@@ -42,6 +42,12 @@ payload-key: ## create var/secrets/payload-key (the router's payload signing key
 	swift build -c release --product payctl
 	@umask 077 && "$$(swift build -c release --show-bin-path)/payctl" keys payload var/secrets/payload-key
 	@chmod 600 var/secrets/payload-key
+
+curve-keys: ## create the CurveZMQ keys in var/secrets/curve (used by make run and by docker-compose) if missing
+	@mkdir -p var/secrets && chmod 700 var/secrets
+	bash ops/scripts/deps.sh
+	swift build -c release --product payctl
+	"$$(swift build -c release --show-bin-path)/payctl" keys generate --dir var/secrets/curve
 
 clean: ## swift package clean (keeps var/: the database, logs and secrets)
 	swift package clean
