@@ -178,17 +178,37 @@ func testRouter(openStreams: Counter = Counter()) -> Router<BasicRequestContext>
                 #expect(error.status == 401)
                 #expect(error.code == "unauthorized")
             }
-            let stream = try await client.events(path: "/forever")
-            var received = 0
-            for try await event in stream {
-                #expect(event.data == "tick")
-                received += 1
-                if received == 3 { break }  // drops the stream: its socket must close
+            func waitUntilClosed() async throws {
+                let deadline = ContinuousClock.now + .seconds(5)
+                while open.current != 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+                #expect(open.current == 0)
             }
-            #expect(open.current == 1 || open.current == 0)
-            let deadline = ContinuousClock.now + .seconds(5)
-            while open.current != 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
-            #expect(open.current == 0)
+            // 1. The consumer breaks out of the loop and lets the stream go: the socket closes.
+            do {
+                var received = 0
+                for try await event in try await client.events(path: "/forever") {
+                    #expect(event.data == "tick")
+                    received += 1
+                    if received == 3 { break }
+                }
+                #expect(received == 3)
+            }
+            try await waitUntilClosed()
+            // 2. The consuming task is cancelled.
+            let consumer = Task {
+                var received = 0
+                for try await _ in try await client.events(path: "/forever") { received += 1 }
+                return received
+            }
+            while open.current == 0 { try await Task.sleep(for: .milliseconds(20)) }
+            consumer.cancel()
+            _ = try? await consumer.value
+            try await waitUntilClosed()
+            // 3. close().
+            let stream = try await client.events(path: "/forever")
+            while open.current == 0 { try await Task.sleep(for: .milliseconds(20)) }
+            stream.close()
+            try await waitUntilClosed()
         }
     }
 

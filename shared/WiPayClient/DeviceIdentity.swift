@@ -93,7 +93,7 @@ extension HTTPClient {
     /// Opens a device's event stream with a signed `GET`.
     public func signedEvents(
         _ device: DeviceIdentity, path: String, lastEventId: String? = nil, idleTimeout: Duration = .seconds(45)
-    ) async throws -> AsyncThrowingStream<ServerSentEvent, any Error> {
+    ) async throws -> ServerSentEventStream {
         let headers = try device.signedHeaders(method: "GET", path: basePath + path, body: [])
         return try await events(path: path, headers: headers, lastEventId: lastEventId, idleTimeout: idleTimeout)
     }

@@ -8,7 +8,7 @@ import Foundation
 ///     try await feed.connect()                     // fails at once on 401 and the like
 ///     let outcome = try await feed.next(timeout: .seconds(150)) { $0.json?["request_id"]?.string == id }
 public actor EventFeed {
-    public typealias Opener = @Sendable (_ lastEventId: String?) async throws -> AsyncThrowingStream<ServerSentEvent, any Error>
+    public typealias Opener = @Sendable (_ lastEventId: String?) async throws -> ServerSentEventStream
 
     private let open: Opener
     private let onReconnect: (@Sendable () async -> Void)?
@@ -38,9 +38,9 @@ public actor EventFeed {
         startReading(stream)
     }
 
-    private func startReading(_ first: AsyncThrowingStream<ServerSentEvent, any Error>) {
+    private func startReading(_ first: ServerSentEventStream) {
         reader = Task { [weak self] in
-            var stream: AsyncThrowingStream<ServerSentEvent, any Error>? = first
+            var stream: ServerSentEventStream? = first
             var delay: Duration = .milliseconds(100)
             while !Task.isCancelled {
                 if let current = stream {

@@ -97,7 +97,7 @@ public struct POSClient: Sendable {
 
     /// `GET /v1/terminal/events` (SSE), resuming after `lastEventId`.
     public func events(lastEventId: String? = nil, idleTimeout: Duration = .seconds(45)) async throws
-        -> AsyncThrowingStream<ServerSentEvent, any Error>
+        -> ServerSentEventStream
     {
         try await http.events(path: "/v1/terminal/events", headers: authorization, lastEventId: lastEventId, idleTimeout: idleTimeout)
     }
@@ -165,7 +165,7 @@ public struct PhoneClient: Sendable {
 
     /// `GET /v1/devices/me/events` (SSE), signed, resuming after `lastEventId`.
     public func events(lastEventId: String? = nil, idleTimeout: Duration = .seconds(45)) async throws
-        -> AsyncThrowingStream<ServerSentEvent, any Error>
+        -> ServerSentEventStream
     {
         try await http.signedEvents(try device(), path: "/v1/devices/me/events", lastEventId: lastEventId, idleTimeout: idleTimeout)
     }

@@ -118,12 +118,12 @@ extension HTTPClient {
     ///   `HTTPClientError` when it cannot be reached.
     ///
     /// The stream ends without error when the server ends the response, and with an `HTTPClientError` when
-    /// the connection breaks. When the consumer stops (its task is cancelled or the stream is dropped), the
-    /// socket is shut down at once.
+    /// the connection breaks. When the consumer stops (its task is cancelled, or the stream and its iterator
+    /// are released, e.g. after a `break`) or calls `close()`, the socket is shut down at once.
     public func events(
         path: String, headers: HTTPHeaders = HTTPHeaders(), lastEventId: String? = nil,
         idleTimeout: Duration = .seconds(45)
-    ) async throws -> AsyncThrowingStream<ServerSentEvent, any Error> {
+    ) async throws -> ServerSentEventStream {
         var headers = headers
         headers.set("Accept", "text/event-stream")
         headers.set("Cache-Control", "no-cache")
@@ -145,7 +145,7 @@ extension HTTPClient {
                 thread.name = "wipay-sse"
                 thread.start()
             }
-            return stream
+            return ServerSentEventStream(base: stream, closer: StreamCloser(cancel))
         } onCancel: {
             cancel.cancel()
         }
@@ -215,4 +215,30 @@ final class OpenSignal: Sendable {
         continuation.resume(with: result)
         return true
     }
+}
+
+/// The events of one SSE response. Iterate it once; `close()` (or releasing it) shuts the socket down.
+public struct ServerSentEventStream: AsyncSequence, Sendable {
+    public typealias Element = ServerSentEvent
+    let base: AsyncThrowingStream<ServerSentEvent, any Error>
+    let closer: StreamCloser
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var base: AsyncThrowingStream<ServerSentEvent, any Error>.AsyncIterator
+        let closer: StreamCloser
+
+        public mutating func next() async throws -> ServerSentEvent? { try await base.next() }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: base.makeAsyncIterator(), closer: closer) }
+
+    /// Closes the connection; the iteration ends.
+    public func close() { closer.cancel.cancel() }
+}
+
+/// Shuts the stream's socket down when the last holder (stream or iterator) lets go.
+final class StreamCloser: Sendable {
+    let cancel: CancelBox
+    init(_ cancel: CancelBox) { self.cancel = cancel }
+    deinit { cancel.cancel() }
 }

@@ -32,14 +32,11 @@ struct Charge: AsyncParsableCommand {
         abstract: "Charge an amount and wait until the phone has paid (or the request ends).",
         discussion: """
             1. Opens the terminal's event stream (GET /v1/terminal/events).
-            2. Creates the payment request (POST /v1/payment-requests with a fresh Idempotency-Key; on 503 or
-               a connection error it retries with the same key).
-            3. Prints the amount and request id, draws the payload as a QR code (unless --no-qr or --json)
-               and announces it on the local link every 300 ms.
-            4. Waits for the event of this request (reconnecting with Last-Event-ID if the stream drops)
-               and prints the outcome: status, payment id and the payer's masked alias.
-            Ctrl-C cancels the pending request. Exit status: 0 succeeded; 1 declined, expired or canceled;
-            2 usage or connection errors.
+            2. Creates the payment request (POST /v1/payment-requests with a fresh Idempotency-Key; on 503 or a connection error it retries with the same key).
+            3. Prints the amount and request id, draws the payload as a QR code (unless --no-qr or --json) and announces it on the local link every 300 ms.
+            4. Waits for this request's event (reconnecting with Last-Event-ID if the stream drops) and prints the outcome: status, payment id and the payer's masked alias.
+
+            Ctrl-C cancels the pending request. Exit status: 0 succeeded; 1 declined, expired or canceled; 2 usage or connection errors.
             """)
 
     @Argument(help: "The amount in minor units (1250 = 12.50), 1 to 10^12.") var amount: String
