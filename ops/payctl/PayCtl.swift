@@ -138,9 +138,7 @@ struct Status: AsyncParsableCommand {
                 },
                 "missing": missing,
             ])
-        } else if instances.isEmpty {
-            print("no instance heard on \(try bus.endpoints().subscribe) — is the bus running?")
-        } else {
+        } else if !instances.isEmpty {
             let header = ["SERVICE", "INSTANCE", "VERSION", "UPTIME", "HEALTH", "IN-FLIGHT", "RATE/S", "DETAIL"]
             let rows = instances.map { s in
                 [
@@ -157,6 +155,11 @@ struct Status: AsyncParsableCommand {
         }
         if !missing.isEmpty {
             throw Failure("no healthy instance of: \(missing.joined(separator: ", "))")
+        }
+        if instances.isEmpty {
+            let hint = bus.values.string(.curveKeysDir).isEmpty
+                ? " (if the bus runs with CURVE, set WIPAY_CURVE_KEYS_DIR)" : " (or the bus refused this CURVE key)"
+            throw Failure("no instance heard within \(listenMs) ms: the bus is not running or not reachable\(hint)")
         }
     }
 }
