@@ -161,6 +161,75 @@ struct NotifierTests {
         }
     }
 
+    @Test func batchesStoreInOneGoKeepOrderAndSkipWhatWasConsumed() async throws {
+        try await withNTNotifier { (env: NTEnv) async throws -> Void in
+            // One single delivery first, then a batch that repeats it, holds a duplicate and is out of order.
+            #expect(await env.deliver(NTFixture.outcome(2, request: "pr_2", device: "dev_b")).status == .ok)
+            let batch = OutcomeBatch(outcomes: [
+                NTFixture.outcome(5, "refund.succeeded", request: "pr_1", device: "dev_b"),
+                NTFixture.outcome(1, request: "pr_1", device: "dev_b"),
+                NTFixture.outcome(2, request: "pr_2", device: "dev_b"),
+                NTFixture.outcome(3, "payment.expired", request: "pr_3", device: nil),
+                NTFixture.outcome(4, request: "pr_4", terminal: "ter_t2", device: "dev_b"),
+                NTFixture.outcome(3, "payment.expired", request: "pr_3", device: nil),
+            ])
+            #expect(await env.handle(.outcomeDeliverBatch, batch).status == .ok)
+            // The whole batch again: nothing new.
+            #expect(await env.handle(.outcomeDeliverBatch, batch).status == .ok)
+            #expect(try await env.db.scalar("SELECT count(*) FROM notifier.consumed") == 5)
+            let pos = try await env.replay("pos:ter_t1")
+            #expect(pos.map(\.seq) == [1, 2, 3, 4])
+            // In outbox order after the single one: pr_2 (single), then 1, 3, 5.
+            #expect(pos.map(\.eventType) == ["payment.succeeded", "payment.succeeded", "payment.expired", "refund.succeeded"])
+            let posEvents = pos.compactMap {
+                (try? JSONSerialization.jsonObject(with: Data($0.dataJSON.utf8)) as? [String: Any])?["event_id"] as? String
+            }
+            #expect(posEvents == ["1", "2", "3", "4"])
+            let dev = try await env.replay("dev:dev_b")
+            #expect(dev.map(\.seq) == [1, 2, 3, 4])
+            #expect(try await env.replay("pos:ter_t2").map(\.seq) == [1])
+            #expect(try await env.head("pos:ter_t1") == 4)
+            #expect(try await env.head("dev:dev_b") == 4)
+            // Published once each: 2 + (4 + 3 from the batch).
+            #expect(env.published.value.count == 9)
+            let counts = try await env.db.scalar(
+                "SELECT count(*) FROM (SELECT outbox_seq, recipient FROM notifier.notices GROUP BY 1, 2 HAVING count(*) > 1) d")
+            #expect(counts == 0)
+            // One outcome the notifier cannot take refuses the whole batch and stores nothing of it.
+            var unknown = NTFixture.outcome(9)
+            unknown.eventType = "payment.exploded"
+            let refused = await env.handle(
+                .outcomeDeliverBatch, OutcomeBatch(outcomes: [NTFixture.outcome(8, request: "pr_8"), unknown]))
+            #expect(refused.status == .badRequest)
+            #expect(try await env.db.scalar("SELECT count(*) FROM notifier.consumed WHERE outbox_seq >= 8") == 0)
+            #expect(await env.handle(.outcomeDeliverBatch, OutcomeBatch(outcomes: [])).status == .ok)
+        }
+    }
+
+    @Test func concurrentBatchesKeepSequencesDense() async throws {
+        try await withNTNotifier { (env: NTEnv) async throws -> Void in
+            // 60 outcomes for one terminal and two devices, in overlapping batches delivered at once.
+            let all = (1...60).map { NTFixture.outcome(Int64($0), request: "pr_\($0)", device: $0 % 2 == 0 ? "dev_e" : "dev_o") }
+            let replies = await withTaskGroup(of: BusReply.self) { group in
+                for start in stride(from: 0, to: 60, by: 10) {
+                    for width in [10, 20] {
+                        let slice = Array(all[start..<min(60, start + width)])
+                        group.addTask { await env.handle(.outcomeDeliverBatch, OutcomeBatch(outcomes: slice)) }
+                    }
+                }
+                var out: [BusReply] = []
+                for await reply in group { out.append(reply) }
+                return out
+            }
+            #expect(replies.allSatisfy { $0.status == .ok })
+            #expect(try await env.replay("pos:ter_t1").map(\.seq) == Array(1...60))
+            #expect(try await env.replay("dev:dev_e").map(\.seq) == Array(1...30))
+            #expect(try await env.replay("dev:dev_o").map(\.seq) == Array(1...30))
+            #expect(try await env.db.scalar("SELECT count(DISTINCT outbox_seq) FROM notifier.notices") == 60)
+            #expect(env.published.value.count == 120)
+        }
+    }
+
     @Test func replayPagesAndLimits() async throws {
         try await withNTNotifier { (env: NTEnv) async throws -> Void in
             for seq in 1...12 { _ = await env.deliver(NTFixture.outcome(Int64(seq), request: "pr_\(seq)", device: nil)) }

@@ -470,6 +470,30 @@ struct RouterFlowTests {
             for (index, id) in ids.enumerated() {
                 #expect(w.notifier.events(for: id) == [index % 2 == 0 ? "payment.succeeded" : "payment.canceled"])
             }
+            // The backlog went as one batch (one notifier call, one notifier commit).
+            #expect(w.notifier.batches.value == 1)
+        }
+    }
+
+    @Test func aNotifierWithoutBatchesGetsTheRowsOneByOne() async throws {
+        try await withRouterWorld(withNotifier: false) { w in
+            w.notifier.acceptsBatches.withLock { $0 = false }
+            let shop = try await w.shop()
+            var ids: [String] = []
+            for index in 0..<4 {
+                let request = try await w.newRequest(shop, amount: 100)
+                ids.append(request.requestId)
+                _ = try await w.call(.requestCancel, RequestRef(requestId: request.requestId, merchantId: shop.merchant.merchantId, idempotencyKey: "c\(index)"), as: PaymentRequestInfo.self)
+            }
+            try w.startNotifier()
+            #expect(await tsWait(timeout: .seconds(30)) {
+                (try? await w.db.scalar("SELECT count(*) FROM router.outbox WHERE delivered_at IS NULL")) == 0
+            })
+            let deliveries = w.notifier.all
+            #expect(deliveries.count == 4)
+            #expect(deliveries.map(\.outboxSeq) == deliveries.map(\.outboxSeq).sorted(), "in order")
+            #expect(w.notifier.batches.value == 0)
+            for id in ids { #expect(w.notifier.events(for: id) == ["payment.canceled"]) }
         }
     }
 }

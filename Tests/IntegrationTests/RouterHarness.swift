@@ -14,12 +14,24 @@ import WiPayBus
 import WiPayRuntime
 
 /// The fake notifier: answers `outcome.deliver` with `ok` (or `exists` for a sequence number seen before)
-/// and keeps every delivery.
+/// and `outcome.deliver.batch` with `ok`, and keeps every delivery (`batches` counts the batch calls).
 final class RTNotifier: Sendable {
     let deliveries = TSLocked<[OutcomePublished]>([])
+    let batches = TSLocked<Int>(0)
+    /// False: answers batches as an older notifier would (`unknownType`).
+    let acceptsBatches = TSLocked<Bool>(true)
 
     var handler: BusWorker.Handler {
-        { [deliveries] message in
+        { [deliveries, batches, acceptsBatches] message in
+            if message.envelope.type == .outcomeDeliverBatch {
+                guard acceptsBatches.value else { return .error(.unknownType, "unknown_type", "no batches here") }
+                guard let batch = try? OutcomeBatch.decode(message.body) else {
+                    return .error(.badRequest, "bad_request", "not a batch")
+                }
+                batches.withLock { $0 += 1 }
+                deliveries.withLock { $0.append(contentsOf: batch.outcomes) }
+                return .ok(Empty())
+            }
             guard message.envelope.type == .outcomeDeliver, let outcome = try? OutcomePublished.decode(message.body) else {
                 return .error(.badRequest, "bad_request", "not an outcome")
             }

@@ -345,6 +345,8 @@ import WiPayBus
     @Test(arguments: noticeAcks) func noticeAckRoundTrips(_ v: NoticeAck) { Self.checkRoundTrip(v) }
     @Test(arguments: noticeReplays) func noticeReplayRoundTrips(_ v: NoticeReplay) { Self.checkRoundTrip(v) }
     @Test(arguments: noticeBatches) func noticeBatchRoundTrips(_ v: NoticeBatch) { Self.checkRoundTrip(v) }
+    @Test(arguments: [OutcomeBatch(outcomes: []), OutcomeBatch(outcomes: outcomes), OutcomeBatch(outcomes: [outcomes[0]])])
+    func outcomeBatchRoundTrips(_ v: OutcomeBatch) { Self.checkRoundTrip(v) }
 
     @Test func optionalsAllSetAndAllNilDecodeAsSent() throws {
         let fullInfo = try PaymentRequestInfo.decode(Self.fullInfo.encoded())

@@ -87,6 +87,29 @@ public final class PGConnection: @unchecked Sendable {
         return try Self.rows(result, conn: conn, sql: sql)
     }
 
+    /// Prepares `sql` as the statement `name` on this connection (parameter types inferred by the server),
+    /// so `queryPrepared` skips parsing and, once the server settles on a generic plan, planning.
+    public func prepare(_ name: String, _ sql: String) throws(PGError) {
+        guard let conn else { throw PGError(sqlState: "08003", message: "no connection", context: "prepare") }
+        let result = PQprepare(conn, name, sql, 0, nil)
+        defer { PQclear(result) }
+        _ = try Self.rows(result, conn: conn, sql: sql)
+    }
+
+    /// Runs the statement prepared as `name` with text parameters. One round trip. `sql` only names it in errors.
+    @discardableResult
+    public func queryPrepared(_ name: String, _ parameters: [String?], sql: String) throws(PGError) -> PGRows {
+        guard let conn else { throw PGError(sqlState: "08003", message: "no connection", context: "query") }
+        if parameters.contains(where: { $0?.utf8.contains(0) == true }) {
+            throw PGError(sqlState: "22021", message: "a parameter contains a NUL character", context: Self.summary(sql))
+        }
+        let result = withParameterPointers(parameters) { pointers in
+            PQexecPrepared(conn, name, Int32(parameters.count), pointers, nil, nil, 0)
+        }
+        defer { PQclear(result) }
+        return try Self.rows(result, conn: conn, sql: sql)
+    }
+
     /// Runs a script of statements without parameters (migrations).
     public func execute(_ sql: String) throws(PGError) {
         guard let conn else { throw PGError(sqlState: "08003", message: "no connection", context: "execute") }

@@ -45,6 +45,8 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let outcomePublished = MessageType(rawValue: 0x0401)
     /// The router's outbox relay → notifier (a request, so delivery is acknowledged).
     public static let outcomeDeliver = MessageType(rawValue: 0x0402)
+    /// The relay → notifier, many outbox rows in one request (`OutcomeBatch`): one notifier commit for all.
+    public static let outcomeDeliverBatch = MessageType(rawValue: 0x0403)
     // 0x05xx — notifier
     public static let noticeDelivered = MessageType(rawValue: 0x0501)
     public static let noticeAck = MessageType(rawValue: 0x0502)
@@ -58,7 +60,8 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         0x0303: "request.cancel", 0x0310: "instruction.submit", 0x0320: "refund.create", 0x0330: "merchant.add",
         0x0331: "terminal.add", 0x0332: "terminal.auth", 0x0333: "wallet.add", 0x0334: "device.enroll",
         0x0335: "device.get", 0x0336: "account.summary", 0x0337: "payment.trace", 0x0338: "payload.keys",
-        0x0401: "outcome.published", 0x0402: "outcome.deliver", 0x0501: "notice.delivered", 0x0502: "notice.ack",
+        0x0401: "outcome.published", 0x0402: "outcome.deliver", 0x0403: "outcome.deliver.batch",
+        0x0501: "notice.delivered", 0x0502: "notice.ack",
         0x0503: "notice.replay", 0x0504: "notice.head",
     ]
 

@@ -567,3 +567,16 @@ public struct NoticeBatch: BusEncodable, Equatable {
         notices = try r.readArray(NoticeDelivered.self, "notices", max: 1000)
     }
 }
+
+/// `outcome.deliver.batch` (relay → notifier): outbox rows in `outbox_seq` order, stored in one transaction.
+/// The reply is `Empty` (`ok`) once every one of them is stored (now or by an earlier delivery).
+public struct OutcomeBatch: BusEncodable, Equatable {
+    public static let maxCount = 1000
+    public var outcomes: [OutcomePublished]
+
+    public init(outcomes: [OutcomePublished]) { self.outcomes = outcomes }
+    public func encode(to w: inout BusWriter) { w.write(outcomes) }
+    public init(from r: inout BusReader) throws(BusDecodeError) {
+        outcomes = try r.readArray(OutcomePublished.self, "outcomes", max: Self.maxCount)
+    }
+}

@@ -53,6 +53,8 @@ public final class Notifier: Sendable {
             switch message.envelope.type {
             case .outcomeDeliver:
                 return try await deliver(try OutcomePublished.decode(message.body))
+            case .outcomeDeliverBatch:
+                return try await deliver(batch: try OutcomeBatch.decode(message.body).outcomes)
             case .noticeReplay:
                 return try await replay(try NoticeReplay.decode(message.body))
             case .noticeHead:
@@ -97,57 +99,26 @@ public final class Notifier: Sendable {
         return out.sorted { $0.recipient < $1.recipient }
     }
 
-    func deliver(_ outcome: OutcomePublished) async throws -> BusReply {
-        guard Self.eventTypes.contains(outcome.eventType) else {
+    /// Why the notifier cannot take `outcome` (a 400), or nil.
+    static func refusal(_ outcome: OutcomePublished) -> BusReply? {
+        guard eventTypes.contains(outcome.eventType) else {
             return .error(.badRequest, "unknown_event_type", "event type \(outcome.eventType) is not one the notifier knows")
         }
         guard !outcome.terminalId.isEmpty, !outcome.requestId.isEmpty else {
             return .error(.badRequest, "bad_request", "an outcome needs a terminal id and a request id")
         }
-        let planned = Self.recipients(outcome)
-        let stored: [(Planned, NoticeDelivered)]? = try await pool.run { db in
-            try db.transaction { db -> [(Planned, NoticeDelivered)]? in
-                let fresh = try db.query(
-                    "INSERT INTO notifier.consumed (outbox_seq) VALUES ($1) ON CONFLICT DO NOTHING RETURNING outbox_seq",
-                    [String(outcome.outboxSeq)])
-                guard fresh.count == 1 else { return nil }
-                var out: [(Planned, NoticeDelivered)] = []
-                for plan in planned {
-                    let head = try db.query(
-                        """
-                        INSERT INTO notifier.heads (recipient, seq) VALUES ($1, 1)
-                        ON CONFLICT (recipient) DO UPDATE SET seq = notifier.heads.seq + 1 RETURNING seq
-                        """, [plan.recipient])
-                    guard head.count == 1, let seq = head.int64(0, 0) else {
-                        throw PGError(sqlState: "XX000", message: "no sequence allocated", context: "notifier.heads")
-                    }
-                    let notice = NoticeDelivered(
-                        recipient: plan.recipient, seq: seq, eventType: outcome.eventType,
-                        dataJSON: NoticeData.json(outcome, seq: seq, forTerminal: plan.forTerminal), atMillis: outcome.atMillis)
-                    try db.query(
-                        """
-                        INSERT INTO notifier.notices (recipient, seq, event_type, data, at, outbox_seq)
-                        VALUES ($1, $2, $3, $4, $5, $6)
-                        """,
-                        [
-                            notice.recipient, String(seq), notice.eventType, notice.dataJSON, String(notice.atMillis),
-                            String(outcome.outboxSeq),
-                        ])
-                    out.append((plan, notice))
-                }
-                return out
-            }
-        }
-        guard let stored else {
+        return nil
+    }
+
+    func deliver(_ outcome: OutcomePublished) async throws -> BusReply {
+        if let refusal = Self.refusal(outcome) { return refusal }
+        let stored = try await store([outcome])
+        guard !stored.isEmpty else {
             duplicates.increment()
             logger.debug("outcome already consumed", metadata: ["outbox.seq": "\(outcome.outboxSeq)"])
             return .ok(Empty(), status: .exists)
         }
-        // Only after commit: a notice published is a notice stored (a lost publish is replayed).
-        for (plan, notice) in stored {
-            publish(plan.topic, notice)
-            noticeCounters[notice.eventType]?.increment()
-        }
+        publish(stored)
         logger.debug(
             "notices stored",
             metadata: [
@@ -155,6 +126,104 @@ public final class Notifier: Sendable {
                 "notices": "\(stored.count)",
             ])
         return .ok(Empty())
+    }
+
+    /// `outcome.deliver.batch`: every outcome of the batch in one transaction (the ones already consumed are
+    /// skipped), so a batch costs one commit. One outcome the notifier cannot take refuses the whole batch
+    /// (the relay then delivers that batch one by one and finds it).
+    func deliver(batch: [OutcomePublished]) async throws -> BusReply {
+        for outcome in batch {
+            if let refusal = Self.refusal(outcome) { return refusal }
+        }
+        guard !batch.isEmpty else { return .ok(Empty()) }
+        let stored = try await store(batch)
+        let fresh = Set(stored.map(\.outboxSeq)).count
+        if fresh < batch.count { duplicates.increment(by: Int64(batch.count - fresh)) }
+        publish(stored)
+        logger.debug("notices stored", metadata: ["outcomes": "\(batch.count)", "fresh": "\(fresh)", "notices": "\(stored.count)"])
+        return .ok(Empty())
+    }
+
+    /// One stored notice: where it goes live, the notice, and the outbox row it came from.
+    struct Stored: Sendable {
+        let topic: String
+        let notice: NoticeDelivered
+        let outboxSeq: Int64
+    }
+
+    /// Stores the notices of the outcomes not consumed yet, in one transaction: the consumed marks (in
+    /// `outbox_seq` order), each recipient's head moved by its count (recipients in sorted order, so two
+    /// transactions never wait on each other in a cycle), then the notices. Returns them in outbox order.
+    func store(_ outcomes: [OutcomePublished]) async throws -> [Stored] {
+        var seen = Set<Int64>()
+        let unique = outcomes.filter { seen.insert($0.outboxSeq).inserted }.sorted { $0.outboxSeq < $1.outboxSeq }
+        return try await pool.run { db in
+            try db.transaction { db -> [Stored] in
+                let consumed = try db.query(
+                    """
+                    INSERT INTO notifier.consumed (outbox_seq) SELECT s FROM unnest($1::bigint[]) AS t(s) ORDER BY s
+                    ON CONFLICT DO NOTHING RETURNING outbox_seq
+                    """, [PGArray.int64(unique.map(\.outboxSeq))])
+                let fresh = Set(consumed.rows.compactMap { $0[0].flatMap { Int64($0) } })
+                guard !fresh.isEmpty else { return [] }
+                // The notices to store, in outbox order, and how many each recipient gets.
+                var planned: [(OutcomePublished, Planned)] = []
+                var counts: [String: Int64] = [:]
+                for outcome in unique where fresh.contains(outcome.outboxSeq) {
+                    for plan in Self.recipients(outcome) {
+                        planned.append((outcome, plan))
+                        counts[plan.recipient, default: 0] += 1
+                    }
+                }
+                let recipients = counts.keys.sorted()
+                let heads = try db.query(
+                    """
+                    INSERT INTO notifier.heads (recipient, seq)
+                    SELECT r, n FROM unnest($1::text[], $2::bigint[]) AS t(r, n) ORDER BY r
+                    ON CONFLICT (recipient) DO UPDATE SET seq = notifier.heads.seq + excluded.seq RETURNING recipient, seq
+                    """, [PGArray.text(recipients), PGArray.int64(recipients.map { counts[$0] ?? 0 })])
+                // The next seq per recipient: its new head minus its count, plus one.
+                var next: [String: Int64] = [:]
+                for row in heads.rows {
+                    guard let recipient = row[0], let head = row[1].flatMap({ Int64($0) }), let count = counts[recipient] else {
+                        continue
+                    }
+                    next[recipient] = head - count + 1
+                }
+                guard next.count == recipients.count else {
+                    throw PGError(sqlState: "XX000", message: "no sequence allocated", context: "notifier.heads")
+                }
+                var out: [Stored] = []
+                out.reserveCapacity(planned.count)
+                for (outcome, plan) in planned {
+                    guard let seq = next[plan.recipient] else { continue }
+                    next[plan.recipient] = seq + 1
+                    let notice = NoticeDelivered(
+                        recipient: plan.recipient, seq: seq, eventType: outcome.eventType,
+                        dataJSON: NoticeData.json(outcome, seq: seq, forTerminal: plan.forTerminal), atMillis: outcome.atMillis)
+                    out.append(Stored(topic: plan.topic, notice: notice, outboxSeq: outcome.outboxSeq))
+                }
+                try db.query(
+                    """
+                    INSERT INTO notifier.notices (recipient, seq, event_type, data, at, outbox_seq)
+                    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
+                    """,
+                    [
+                        PGArray.text(out.map(\.notice.recipient)), PGArray.int64(out.map(\.notice.seq)),
+                        PGArray.text(out.map(\.notice.eventType)), PGArray.text(out.map(\.notice.dataJSON)),
+                        PGArray.int64(out.map(\.notice.atMillis)), PGArray.int64(out.map(\.outboxSeq)),
+                    ])
+                return out
+            }
+        }
+    }
+
+    /// Only after commit: a notice published is a notice stored (a lost publish is replayed).
+    private func publish(_ stored: [Stored]) {
+        for item in stored {
+            publish(item.topic, item.notice)
+            noticeCounters[item.notice.eventType]?.increment()
+        }
     }
 
     // MARK: notice.replay / notice.head

@@ -18,33 +18,45 @@ extension PaymentRouter {
         guard RouterLimits.isPlausibleId(submit.deviceId) else {
             throw RouterError.notFound("device_not_found", "no device \(submit.deviceId)")
         }
+        // The payload is checked first (no I/O), so one query can fetch everything the checks below need:
+        // the stored answer for (device, key), the device's wallet and the request the payload names.
+        let now = unixMillis()
+        let verified = Result { () throws(PayloadError) -> PaymentPayload in
+            try payloads.verify(submit.payload, nowSeconds: now / 1000)
+        }
+        let payloadRequestId = (try? verified.get())?.requestId ?? ""
+        let found = try await db.query(
+            """
+            SELECT i.body_hash, i.status, encode(i.result, 'hex'), d.account_id, w.name, \(RequestRow.columns)
+            FROM (SELECT 1) AS one
+            LEFT JOIN router.instructions i ON i.device_id = $1 AND i.idem_key = $2
+            LEFT JOIN (router.devices d JOIN router.wallets w ON w.account_id = d.account_id) ON d.id = $1
+            LEFT JOIN (router.requests r JOIN router.merchants m ON m.id = r.merchant_id) ON r.id = $3
+            """,
+            [submit.deviceId, key, RouterLimits.isPlausibleId(payloadRequestId) ? payloadRequestId : ""])
+        guard found.count == 1 else { throw RouterError.corrupt("instruction lookup") }
+        let columns = found.rows[0]
         // 1. The same (device, key) again: the stored answer, or a conflict for another body.
-        let stored = try await db.query(
-            "SELECT body_hash, status, encode(result, 'hex') FROM router.instructions WHERE device_id = $1 AND idem_key = $2",
-            [submit.deviceId, key])
-        if stored.count == 1 {
-            guard stored.string(0, 0) == submit.bodyHash else { throw RouterError.idempotencyKeyReused }
-            guard let status = stored.int(0, 1).map({ Status(rawValue: UInt16(clamping: $0)) }),
-                let body = stored.string(0, 2).flatMap(Hex.decode)
+        if let storedHash = columns[0] {
+            guard storedHash == submit.bodyHash else { throw RouterError.idempotencyKeyReused }
+            guard let status = columns[1].flatMap({ Int($0) }).map({ Status(rawValue: UInt16(clamping: $0)) }),
+                let body = columns[2].flatMap(Hex.decode)
             else { throw RouterError.corrupt("instruction result") }
             return BusReply(status: status == .ok ? .exists : status, body: body)
         }
         // A device pays from its own wallet only.
-        let device = try await db.query(
-            "SELECT d.account_id, w.name FROM router.devices d JOIN router.wallets w ON w.account_id = d.account_id WHERE d.id = $1",
-            [submit.deviceId])
-        guard device.count == 1, let deviceAccount = device.string(0, 0), let walletName = device.string(0, 1) else {
+        guard let deviceAccount = columns[3], let walletName = columns[4] else {
             throw RouterError.notFound("device_not_found", "no device \(submit.deviceId)")
         }
         guard deviceAccount == submit.accountId else {
             throw RouterError(RouterError.forbidden, "account_not_allowed", "a device pays from its own wallet only")
         }
         // 2. The payload: signature, CRC and fields, then against the stored request.
-        let now = unixMillis()
         let payload: PaymentPayload
-        do {
-            payload = try payloads.verify(submit.payload, nowSeconds: now / 1000)
-        } catch {
+        switch verified {
+        case .success(let verifiedPayload):
+            payload = verifiedPayload
+        case .failure(let error):
             switch error {
             case .invalid(let why):
                 logger.info("invalid payload", metadata: ["device.id": "\(submit.deviceId)", "why": "\(why)"])
@@ -61,25 +73,25 @@ extension PaymentRouter {
                         balance: nil, errorCode: "request_expired", errorMessage: "this payment request has expired"))
             }
         }
-        guard let request = try await db.withLease({ try await $0.request(payload.requestId) }),
-            request.payload == submit.payload
-        else {
+        let request: RequestRow? = columns[5] == nil ? nil : try RequestRow(row: Array(columns[5...]))
+        guard let request, request.payload == submit.payload else {
             return declined(
                 InstructionResult(
                     status: .declined, paymentId: nil, requestId: payload.requestId, amountMinor: payload.amountMinor,
                     currency: payload.currency, merchantId: payload.merchantId, merchantName: payload.merchantName,
                     balance: nil, errorCode: "invalid_payload", errorMessage: "the payload matches no payment request"))
         }
-        // 3. The attempt, committed before the ledger is asked: recovery knows who tried, with which id.
+        // 3. The attempt, committed before the ledger is asked: recovery knows who tried, with which id. It is
+        // the transaction's prelude: it commits on its own, in the same trip as `BEGIN` and the row lock.
         let transferId = RouterIds.payment(deviceId: submit.deviceId, idempotencyKey: key)
-        try await db.query(
-            """
-            WITH a AS (INSERT INTO router.attempts (transfer_id, request_id, device_id, account_id, at)
-                VALUES ($1, $2, $3, $4, $5) ON CONFLICT (transfer_id) DO NOTHING RETURNING request_id)
-            INSERT INTO router.trace (request_id, at, stage, event, detail)
-            SELECT request_id, $5, 'payment-router', 'instruction.received', $6 FROM a
-            """,
-            [transferId, request.id, submit.deviceId, submit.accountId, String(now), "from device \(submit.deviceId)"])
+        let attempt = RouterDatabase.Statement(
+            sql: """
+                WITH a AS (INSERT INTO router.attempts (transfer_id, request_id, device_id, account_id, at)
+                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (transfer_id) DO NOTHING RETURNING request_id)
+                INSERT INTO router.trace (request_id, at, stage, event, detail)
+                SELECT request_id, $5, 'payment-router', 'instruction.received', $6 FROM a
+                """,
+            parameters: [transferId, request.id, submit.deviceId, submit.accountId, String(now), "from device \(submit.deviceId)"])
         // 4. Lock the request, decide, ask the ledger, write the outcome; one transaction.
         let instruction = StoredInstruction(
             deviceId: submit.deviceId, idempotencyKey: key, bodyHash: submit.bodyHash, requestId: request.id,
@@ -87,7 +99,7 @@ extension PaymentRouter {
                 status: .succeeded, paymentId: nil, requestId: request.id, amountMinor: request.amountMinor,
                 currency: request.currency, merchantId: request.merchantId, merchantName: request.merchantName,
                 balance: nil))
-        let (reply, outcome) = try await db.transaction { lease -> (BusReply, String) in
+        let (reply, outcome) = try await db.transaction(prelude: attempt) { lease -> (BusReply, String) in
             guard let row = try await lease.request(request.id, lock: true) else {
                 throw RouterError.corrupt("request vanished")
             }
@@ -104,7 +116,7 @@ extension PaymentRouter {
                 stored.result.paymentId = transferId
                 stored.result.balance = result.debitBalance
                 writes.instruction = stored
-                try await lease.write(writes, nowMillis: at)
+                try await lease.write(writes, nowMillis: at, commit: true)
                 return (Self.reply(stored), "succeeded")
             case .refuse(let refusal):
                 stored.status = .declined
@@ -115,7 +127,7 @@ extension PaymentRouter {
                 writes.trace = [
                     TraceRow(requestId: row.id, stage: TraceRow.router, event: "instruction.refused", detail: refusal.code)
                 ]
-                try await lease.write(writes, nowMillis: at)
+                try await lease.write(writes, nowMillis: at, commit: true)
                 return (Self.reply(stored), refusal.code)
             case .expiredNow:
                 stored.status = .declined
@@ -128,7 +140,7 @@ extension PaymentRouter {
                 writes.trace = [
                     TraceRow(requestId: row.id, stage: TraceRow.router, event: "expired", detail: "found due by an instruction")
                 ]
-                try await lease.write(writes, nowMillis: at)
+                try await lease.write(writes, nowMillis: at, commit: true)
                 return (Self.reply(stored), "request_expired")
             case .pay:
                 break
@@ -149,7 +161,7 @@ extension PaymentRouter {
                         payerAlias: alias)
                 ]
                 writes.trace = [TraceRow(requestId: row.id, stage: TraceRow.ledger, event: "ledger.posted", detail: transferId)]
-                try await lease.write(writes, nowMillis: at)
+                try await lease.write(writes, nowMillis: at, commit: true)
                 return (Self.reply(stored), "succeeded")
             case .refused(let status, let error) where status == .declined && Self.requestDecliningCodes.contains(error.code):
                 try machine.decline()
@@ -162,7 +174,7 @@ extension PaymentRouter {
                     requestId: row.id, status: .declined, deviceId: submit.deviceId, declineCode: error.code)
                 writes.outbox = [row.outcome(.declined, atMillis: at, deviceId: submit.deviceId, errorCode: error.code)]
                 writes.trace = [TraceRow(requestId: row.id, stage: TraceRow.ledger, event: "ledger.declined", detail: error.code)]
-                try await lease.write(writes, nowMillis: at)
+                try await lease.write(writes, nowMillis: at, commit: true)
                 return (Self.reply(stored), error.code)
             case .refused(_, let error) where error.code == "request_already_paid":
                 // The ledger holds a payment this router has not recorded (it died before its commit): record
@@ -174,7 +186,7 @@ extension PaymentRouter {
                 stored.result.errorCode = "request_already_paid"
                 stored.result.errorMessage = "this payment request has already been paid"
                 writes.instruction = stored
-                try await lease.write(writes, nowMillis: at)
+                try await lease.write(writes, nowMillis: at, commit: true)
                 return (Self.reply(stored), "request_already_paid")
             case .refused(let status, let error):
                 // Not a decision about this request (a bad PIN format, an unknown account): nothing is written.

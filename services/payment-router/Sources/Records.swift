@@ -183,11 +183,18 @@ struct RouterWrites: Sendable {
 }
 
 extension RouterDatabase.Lease {
-    /// Writes `writes` in one statement.
-    func write(_ writes: RouterWrites, nowMillis: Int64) async throws {
-        guard !writes.isEmpty else { return }
+    /// Writes `writes` in one statement; with `commit`, the transaction commits in the same trip.
+    func write(_ writes: RouterWrites, nowMillis: Int64, commit: Bool = false) async throws {
+        guard !writes.isEmpty else {
+            if commit { try await self.commit() }
+            return
+        }
         let (sql, parameters) = writes.statement(nowMillis: nowMillis)
-        try await query(sql, parameters)
+        if commit {
+            try await queryAndCommit(sql, parameters)
+        } else {
+            try await query(sql, parameters)
+        }
     }
 
     /// The request `id` (any merchant), locked `FOR UPDATE` when `lock`.

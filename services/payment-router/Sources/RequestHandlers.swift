@@ -24,18 +24,23 @@ extension PaymentRouter {
         guard RouterLimits.isPlausibleId(create.terminalId), RouterLimits.isPlausibleId(create.merchantId) else {
             throw RouterError.notFound("terminal_not_found", "no terminal \(create.terminalId) of merchant \(create.merchantId)")
         }
-        // The first answer again for the same key: same body → `exists`, another body → conflict.
-        if let existing = try await existingRequest(terminalId: create.terminalId, key: key) {
+        // One query: the first answer for the same key (same body → `exists`, another body → conflict), and
+        // the terminal's merchant.
+        let found = try await db.query(
+            """
+            SELECT tm.name, tm.currency, \(RequestRow.columns)
+            FROM (SELECT 1) AS one
+            LEFT JOIN (router.terminals t JOIN router.merchants tm ON tm.id = t.merchant_id) ON t.id = $1 AND t.merchant_id = $2
+            LEFT JOIN (router.requests r JOIN router.merchants m ON m.id = r.merchant_id) ON r.terminal_id = $1 AND r.idem_key = $3
+            """, [create.terminalId, create.merchantId, key])
+        guard found.count == 1 else { throw RouterError.corrupt("request lookup") }
+        let columns = found.rows[0]
+        if columns[2] != nil {
+            let existing = try RequestRow(row: Array(columns[2...]))
             guard existing.bodyHash == create.bodyHash else { throw RouterError.idempotencyKeyReused }
             return .ok(existing.info, status: .exists)
         }
-        let merchant = try await db.query(
-            """
-            SELECT m.name, m.currency FROM router.terminals t JOIN router.merchants m ON m.id = t.merchant_id
-            WHERE t.id = $1 AND t.merchant_id = $2
-            """, [create.terminalId, create.merchantId])
-        guard merchant.count == 1, let merchantName = merchant.string(0, 0), let merchantCurrency = merchant.string(0, 1)
-        else {
+        guard let merchantName = columns[0], let merchantCurrency = columns[1] else {
             throw RouterError.notFound("terminal_not_found", "no terminal \(create.terminalId) of merchant \(create.merchantId)")
         }
         guard merchantCurrency == create.currency else {
@@ -55,23 +60,24 @@ extension PaymentRouter {
             logger.error("cannot sign a payload", metadata: ["error": "\(error)", "request.id": "\(id)"])
             throw RouterError(.internalError, "internal_error", "the payload could not be signed")
         }
+        // The insert answers with the whole row (no second read).
         let inserted = try await db.query(
             """
             WITH r AS (
                 INSERT INTO router.requests (id, merchant_id, terminal_id, amount, currency, reference, description, status,
                     created_at, expires_at, payload, idem_key, body_hash)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12)
-                ON CONFLICT (terminal_id, idem_key) DO NOTHING RETURNING id),
+                ON CONFLICT (terminal_id, idem_key) DO NOTHING RETURNING *),
             t AS (INSERT INTO router.trace (request_id, at, stage, event, detail)
                 SELECT id, $8, 'payment-router', 'created', $13 FROM r)
-            SELECT id FROM r
+            SELECT \(RequestRow.columns) FROM r JOIN router.merchants m ON m.id = r.merchant_id
             """,
             [
                 id, create.merchantId, create.terminalId, String(create.amountMinor), create.currency, create.reference,
                 create.description, String(now), String(expiresAtSeconds * 1000), payload, key, create.bodyHash,
                 "\(create.amountMinor) \(create.currency) by terminal \(create.terminalId), expires in \(create.expiresInSeconds)s",
             ])
-        if inserted.count == 0 {
+        guard inserted.count == 1 else {
             // A concurrent create with the same key won: answer as its repeat.
             guard let existing = try await existingRequest(terminalId: create.terminalId, key: key) else {
                 throw RouterError(.unavailable, "router_busy", "retry with the same idempotency key")
@@ -79,9 +85,7 @@ extension PaymentRouter {
             guard existing.bodyHash == create.bodyHash else { throw RouterError.idempotencyKeyReused }
             return .ok(existing.info, status: .exists)
         }
-        guard let row = try await db.withLease({ try await $0.request(id) }) else {
-            throw RouterError.corrupt("request vanished after insert")
-        }
+        let row = try RequestRow(row: inserted.rows[0])
         logger.debug(
             "payment request created",
             metadata: ["request.id": "\(id)", "terminal.id": "\(create.terminalId)", "amount": "\(create.amountMinor)"])
