@@ -49,11 +49,24 @@ final class E2EHTTP: Sendable {
         self.system = system
     }
 
+    static func safeToResend(_ method: String, _ headers: HTTPHeaders) -> Bool {
+        !headers.contains("X-Signature") && (method == "GET" || headers.contains("Idempotency-Key"))
+    }
+
     /// - Parameter record: false for deliberate probes outside the documented API (an unknown path).
     func send(
         _ method: String, _ path: String, headers: HTTPHeaders = HTTPHeaders(), body: [UInt8] = [], record: Bool = true
     ) async throws -> E2EReply {
-        let response = try await client.send(method: method, path: path, headers: headers, body: body)
+        let response: HTTPResponse
+        do {
+            response = try await client.send(method: method, path: path, headers: headers, body: body)
+        } catch {
+            // What a real terminal does when a connection drops before any answer: send the same request
+            // again (same Idempotency-Key). Signed device calls are not resent: a repeated signature is
+            // refused as a replay, by design.
+            guard error.isRetryable, Self.safeToResend(method, headers) else { throw error }
+            response = try await client.send(method: method, path: path, headers: headers, body: body)
+        }
         if record {
             system.record(
             E2EObservation(
