@@ -8,19 +8,42 @@ import WiPayRuntime
 public struct PayloadKeyring: Sendable {
     let signer: PayloadSigner
     let verifier: PayloadVerifier
+    /// Key id → raw public key: the signing key first, then the previous keys still accepted.
+    let published: [(keyId: String, publicKey: [UInt8])]
 
-    public init(privateKey: Curve25519.Signing.PrivateKey) {
+    /// `previous`: keys replaced by a rotation whose payloads are still accepted (and published to phones)
+    /// until the requests they signed have expired.
+    public init(privateKey: Curve25519.Signing.PrivateKey, previous: [Curve25519.Signing.PrivateKey] = []) {
         signer = PayloadSigner(privateKey: privateKey)
-        verifier = PayloadVerifier(keys: [signer.keyId: signer.publicKeyBytes])
+        var published = [(keyId: signer.keyId, publicKey: signer.publicKeyBytes)]
+        for key in previous {
+            let old = PayloadSigner(privateKey: key)
+            if !published.contains(where: { $0.keyId == old.keyId }) {
+                published.append((keyId: old.keyId, publicKey: old.publicKeyBytes))
+            }
+        }
+        self.published = published
+        verifier = PayloadVerifier(keys: Dictionary(published.map { ($0.keyId, $0.publicKey) }, uniquingKeysWith: { a, _ in a }))
     }
 
-    /// Reads `WIPAY_PAYLOAD_KEY_FILE`, else `WIPAY_PAYLOAD_KEY` (inline base64url); one is required.
+    /// Reads `WIPAY_PAYLOAD_KEY_FILE`, else `WIPAY_PAYLOAD_KEY` (inline base64url); one is required. Keys
+    /// being rotated out are listed in `WIPAY_PAYLOAD_PREVIOUS_KEY_FILES` (comma-separated files).
     public static func load(_ values: ConfigValues) throws(ConfigError) -> PayloadKeyring {
         let path = values.string(.payloadKeyFile)
         let inline = values.string(.payloadKey)
+        var previous: [Curve25519.Signing.PrivateKey] = []
+        for old in values.string(.payloadPreviousKeyFiles).split(separator: ",") {
+            let file = old.trimmingCharacters(in: .whitespaces)
+            guard !file.isEmpty else { continue }
+            do {
+                previous.append(try PayloadKeyFile.load(path: file))
+            } catch {
+                throw ConfigError("previous payload key: \(error) (WIPAY_PAYLOAD_PREVIOUS_KEY_FILES)")
+            }
+        }
         do {
-            if !path.isEmpty { return PayloadKeyring(privateKey: try PayloadKeyFile.load(path: path)) }
-            if !inline.isEmpty { return PayloadKeyring(privateKey: try PayloadKeyFile.parse(inline)) }
+            if !path.isEmpty { return PayloadKeyring(privateKey: try PayloadKeyFile.load(path: path), previous: previous) }
+            if !inline.isEmpty { return PayloadKeyring(privateKey: try PayloadKeyFile.parse(inline), previous: previous) }
         } catch {
             throw ConfigError("payload signing key: \(error) (WIPAY_PAYLOAD_KEY_FILE / WIPAY_PAYLOAD_KEY)")
         }
@@ -29,9 +52,9 @@ public struct PayloadKeyring: Sendable {
                 + "(its base64url text): the key that signs payment payloads")
     }
 
-    /// The public keys that verify payloads (the `payload.keys` reply).
+    /// The public keys that verify payloads (the `payload.keys` reply): the signing key and the previous ones.
     var publicKeys: WiPayBus.PayloadKeys {
-        WiPayBus.PayloadKeys(keys: [PayloadKey(keyId: signer.keyId, publicKey: signer.publicKeyBytes)])
+        WiPayBus.PayloadKeys(keys: published.map { PayloadKey(keyId: $0.keyId, publicKey: $0.publicKey) })
     }
 
     func sign(_ payload: PaymentPayload) throws(PayloadError) -> String { try signer.sign(payload) }
@@ -48,6 +71,9 @@ extension Setting {
     public static let payloadKey = Setting(
         "WIPAY_PAYLOAD_KEY", flag: "payload-key", default: "",
         "payment-router: the payload signing key inline (base64url), when no key file is given.")
+    public static let payloadPreviousKeyFiles = Setting(
+        "WIPAY_PAYLOAD_PREVIOUS_KEY_FILES", flag: "payload-previous-key-files", default: "",
+        "payment-router: comma-separated key files of rotated-out payload keys, still accepted and published.")
     public static let sweepIntervalMillis = Setting(
         "WIPAY_SWEEP_INTERVAL_MS", flag: "sweep-interval-ms", default: "1000",
         "payment-router: how often pending requests past their expiry are expired (ms, 50...60000).")
