@@ -8,7 +8,22 @@ import ZeroMQ
 /// CurveZMQ on the bus: a broker with CURVE and a ZAP handler admits the keys in `authorized/` only.
 /// Keys come from `BusKeys.generate`, as `payctl keys generate` makes them.
 @Suite(.timeLimit(.minutes(2))) struct CurveTests {
+    /// Keeps the broker's log messages, to check that refusals are logged.
+    struct CaptureLog: LogHandler {
+        let lines: Locked<[String]>
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .debug
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) {
+            lines.withLock { $0.append("\(event.message)") }
+        }
+    }
+
     final class Setup: Sendable {
+        let brokerLog = Locked<[String]>([])
         let dir: String
         let broker: Broker
         let endpoints: BusEndpoints
@@ -27,7 +42,8 @@ import ZeroMQ
                     workerExpiry: .seconds(2), heartbeatInterval: .milliseconds(100),
                     curve: try BusKeys.loadPair(dir: dir, name: "bus"),
                     authorizedKeys: BusKeys.authorized(dir: dir).keys)
-                let broker = try Broker(settings: settings, logger: Logger(label: "test"))
+                let log = brokerLog
+                let broker = try Broker(settings: settings, logger: Logger(label: "test") { _ in CaptureLog(lines: log) })
                 do {
                     try broker.start()
                 } catch {
@@ -115,6 +131,10 @@ import ZeroMQ
         if case .success = await call(s, .none, timeout: .milliseconds(1500)) {
             Issue.record("a plain TCP client got an answer")
         }
+        // Both refusals are in the broker's log: the unknown key by the ZAP handler, plain TCP by the monitor.
+        let log = s.brokerLog.value
+        #expect(log.contains { $0.contains("unknown CURVE key") }, "\(log)")
+        #expect(log.contains { $0.hasPrefix("peer refused: protocol error") }, "\(log)")
         #expect(worker.handledTotal >= 1)
     }
 

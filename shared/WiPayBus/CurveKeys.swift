@@ -167,3 +167,34 @@ public final class ZAPAuthenticator: Sendable {
 
     public func stop() { pump.stop() }
 }
+
+/// Logs the CURVE handshakes a server socket refused before ZAP was even asked: a peer speaking plain TCP
+/// (no CURVE), a malformed or failed handshake. Unknown keys are logged by `ZAPAuthenticator` itself.
+public final class HandshakeFailureLog: Sendable {
+    private let pump: SocketPump
+
+    /// Starts monitoring `socket` (call from its owner thread, before or after bind). `name` tells the
+    /// sockets of one process apart in the log.
+    public init(context: ZMQContext, socket: ZMQSocket, name: String, logger: Logger) throws(ZMQError) {
+        let endpoint = "inproc://wipay-handshake-\(name)-\(UInt64.random(in: 0...UInt64.max))"
+        try socket.monitor(endpoint, events: .handshakeFailed)
+        let pair = try ZMQSocket(context, .pair)
+        try pair.setLinger(.zero)
+        try pair.connect(endpoint)
+        pump = try SocketPump(socket: pair, name: "handshake-\(name)") { frames in
+            guard frames.count >= 2, frames[0].count >= 6 else { return }
+            let event = Int32(frames[0][0]) | Int32(frames[0][1]) << 8
+            let reason: String
+            switch event {
+            case SocketEvents.handshakeFailedProtocol.rawValue: reason = "protocol error (not CURVE, or a broken handshake)"
+            case SocketEvents.handshakeFailedAuth.rawValue: reason = "authentication refused"
+            default: reason = "handshake failed"
+            }
+            logger.warning(
+                "peer refused: \(reason)",
+                metadata: ["bus.socket": "\(name)", "bus.endpoint": "\(String(decoding: frames[1], as: UTF8.self))"])
+        }
+    }
+
+    public func stop() { pump.stop() }
+}

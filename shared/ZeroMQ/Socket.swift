@@ -65,6 +65,13 @@ public final class ZMQSocket: @unchecked Sendable {
         _ = try retryingInterrupts("zmq_unbind") { zmq_unbind(handle, endpoint) }
     }
 
+    /// Reports this socket's events as two-frame messages on a PAIR socket bound
+    /// at `endpoint` (an `inproc://` address of the same context): a 6-byte frame (event u16 LE, value u32
+    /// LE) and the endpoint it concerns. Call it from the socket's owner thread.
+    public func monitor(_ endpoint: String, events: SocketEvents) throws(ZMQError) {
+        _ = try retryingInterrupts("zmq_socket_monitor") { zmq_socket_monitor(handle, endpoint, events.rawValue) }
+    }
+
     /// The endpoint the last `bind` resolved to (the real port after binding to `tcp://host:*`).
     public var lastEndpoint: String {
         get throws(ZMQError) { try stringOption(ZMQ_LAST_ENDPOINT) }
@@ -208,4 +215,15 @@ extension Duration {
         let total = ms.partialValue + attoseconds / 1_000_000_000_000_000
         return Int32(clamping: total)
     }
+}
+
+/// Socket monitor events (`ZMQ_EVENT_*`), for `ZMQSocket.monitor`.
+public struct SocketEvents: OptionSet, Sendable {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+
+    public static let handshakeFailedNoDetail = SocketEvents(rawValue: Int32(ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL))
+    public static let handshakeFailedProtocol = SocketEvents(rawValue: Int32(ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL))
+    public static let handshakeFailedAuth = SocketEvents(rawValue: Int32(ZMQ_EVENT_HANDSHAKE_FAILED_AUTH))
+    public static let handshakeFailed: SocketEvents = [.handshakeFailedNoDetail, .handshakeFailedProtocol, .handshakeFailedAuth]
 }

@@ -61,6 +61,7 @@ public final class Broker: Sendable {
     private let ready = DispatchSemaphore(value: 0)
     private let startError = Locked<ZMQError?>(nil)
     private let zap = Locked<ZAPAuthenticator?>(nil)
+    private let handshakeLogs = Locked<[HandshakeFailureLog]>([])
 
     public init(settings: BrokerSettings, logger: Logger) throws(ZMQError) {
         self.settings = settings
@@ -97,6 +98,11 @@ public final class Broker: Sendable {
         if let curve = settings.curve {
             try xsub.makeCurveServer(curve)
             try xpub.makeCurveServer(curve)
+            let logs = [
+                try HandshakeFailureLog(context: context, socket: xsub, name: "publish", logger: logger),
+                try HandshakeFailureLog(context: context, socket: xpub, name: "subscribe", logger: logger),
+            ]
+            handshakeLogs.withLock { $0.append(contentsOf: logs) }
         }
         try xpub.setSendHighWaterMark(1_000_000)
         try xsub.setReceiveHighWaterMark(1_000_000)
@@ -121,6 +127,9 @@ public final class Broker: Sendable {
     public func stop() {
         stopFlag.store(true, ordering: .relaxed)
         zap.withLock { $0?.stop() }
+        handshakeLogs.withLock { logs in
+            for log in logs { log.stop() }
+        }
         context.shutdown()
         threadsDone.wait()
         context.terminate()
@@ -160,8 +169,12 @@ public final class Broker: Sendable {
             frontend.close()
             backend.close()
         }
-        for socket in [frontend, backend] {
-            if let curve = settings.curve { try socket.makeCurveServer(curve) }
+        for (socket, name) in [(frontend, "frontend"), (backend, "backend")] {
+            if let curve = settings.curve {
+                try socket.makeCurveServer(curve)
+                let log = try HandshakeFailureLog(context: context, socket: socket, name: name, logger: logger)
+                handshakeLogs.withLock { $0.append(log) }
+            }
             try socket.setRouterMandatory(true)
             try socket.setSendHighWaterMark(200_000)
             try socket.setReceiveHighWaterMark(200_000)
