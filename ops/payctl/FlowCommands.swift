@@ -52,7 +52,7 @@ struct Terminal: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Issue a terminal key for a merchant.",
             discussion: """
-                The key (`tk_…`) is printed once: the payment-router keeps only its SHA-256. The terminal sends
+                The key (`tk_…`) is printed once: the payment-router keeps only its SHA-256. The terminal sends \
                 it as `Authorization: Bearer <key>` (pos-terminal reads it from WIPAY_TERMINAL_KEY).
                 """)
         @OptionGroup var bus: BusOptions
@@ -122,7 +122,7 @@ struct Tail: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print the live event stream, one line per event, until interrupted.",
         discussion: """
-            Subscribes to the bus events: outcomes (`outcome.<request id>`) and client notices
+            Subscribes to the bus events: outcomes (`outcome.<request id>`) and client notices \
             (`notice.pos.<terminal>`, `notice.dev.<device>`); --heartbeats adds the instances' heartbeats.
             --topic narrows it to topics starting with a prefix (e.g. --topic outcome.pr_abc).
             """)

@@ -11,10 +11,10 @@ struct Keys: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create the CurveZMQ key pairs of the bus, every service and ops (payctl), if missing.",
             discussion: """
-                Writes <dir>/<name>.key (public and secret, mode 600) and <dir>/<name>.pub for bus, ledger,
-                payment-router, notifier, pos-gateway, phone-gateway and ops, and copies every public key into
-                <dir>/authorized/, the keys the broker and the control sockets admit. Existing keys are kept.
-                Give the folder to every process as WIPAY_CURVE_KEYS_DIR. To add a key pair (a second ops
+                Writes <dir>/<name>.key (public and secret, mode 600) and <dir>/<name>.pub for bus, ledger, \
+                payment-router, notifier, pos-gateway, phone-gateway and ops, and copies every public key into \
+                <dir>/authorized/, the keys the broker and the control sockets admit. Existing keys are kept. \
+                Give the folder to every process as WIPAY_CURVE_KEYS_DIR. To add a key pair (a second ops \
                 user, say) pass --name; to shut a key out, delete its file from authorized/ and restart the bus.
                 """)
         @Option(help: "The keys folder. [env WIPAY_CURVE_KEYS_DIR]") var dir: String?
@@ -44,8 +44,8 @@ struct Keys: AsyncParsableCommand {
             commandName: "payload",
             abstract: "Create the payload signing key file if missing; print its key id and public key.",
             discussion: """
-                The payment-router signs every payment payload with this Ed25519 key (WIPAY_PAYLOAD_KEY_FILE);
-                phones verify payloads with the public key. A new file is created with mode 600 and never
+                The payment-router signs every payment payload with this Ed25519 key (WIPAY_PAYLOAD_KEY_FILE); \
+                phones verify payloads with the public key. A new file is created with mode 600 and never \
                 overwritten; an existing one is only read. The private key is never printed.
                 """)
         @Flag(help: "Print one JSON object on stdout.") var json = false

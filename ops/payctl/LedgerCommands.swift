@@ -190,8 +190,8 @@ struct Reconcile: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check the ledger's invariants in the database; exit 0 only when all hold.",
         discussion: """
-            Per currency the balances sum to zero; account totals equal their transfers; every transfer is
-            in one currency; no wallet or merchant below zero; at most one payment per request; refunds
+            Per currency the balances sum to zero; account totals equal their transfers; every transfer is \
+            in one currency; no wallet or merchant below zero; at most one payment per request; refunds \
             never exceed their payment. Offending rows are printed (at most 100 per check).
             """)
     @OptionGroup var bus: BusOptions

@@ -64,7 +64,7 @@ struct PayCtl: AsyncParsableCommand {
         commandName: "payctl",
         abstract: "Operate a WiPay network over its ZeroMQ bus.",
         discussion: """
-            Every command takes --json (one JSON object on stdout) and exits non-zero with a clear message
+            Every command takes --json (one JSON object on stdout) and exits non-zero with a clear message \
             on error. The bus is found through WIPAY_BUS_HOST / WIPAY_BUS_PORT (or --bus-host/--bus-port).
             """,
         subcommands: [
@@ -109,9 +109,10 @@ struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List every running instance of every service.",
         discussion: """
-            Listens to the instances' heartbeats on the bus for --listen-ms (default 2200, a little over two
-            heartbeat intervals). An instance that stopped heartbeating is not listed. Exit code 1 when an
-            expected service has no healthy instance (see --expect).
+            Listens to the instances' heartbeats on the bus for --listen-ms (default 2200, a little over two \
+            heartbeat intervals). An instance that stopped heartbeating is not listed. Exit code 1 when no \
+            instance is heard at all (the bus is down, or refuses this CURVE key) or when an expected service \
+            has no healthy instance (see --expect).
             """)
 
     @OptionGroup var bus: BusOptions
@@ -168,7 +169,7 @@ struct Drain: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Make one instance stop taking new work, finish what it has, and exit.",
         discussion: """
-            SERVICE alone works when exactly one instance of it runs; otherwise name the INSTANCE
+            SERVICE alone works when exactly one instance of it runs; otherwise name the INSTANCE \
             (see `payctl status`). With --wait, returns once the instance has stopped heartbeating.
             """)
 

@@ -12,8 +12,8 @@ struct PhoneWallet: AsyncParsableCommand {
         commandName: "phone-wallet",
         abstract: "A reference phone wallet for WiPay.",
         discussion: """
-            The wallet lives in --home DIR (default ~/.wipay, mode 0700, files 0600): the device key, the
-            device and account ids, the phone-gateway's URL and the keys that verify payloads.
+            The wallet lives in --home DIR (default ~/.wipay, mode 0700, files 0600): the device key, the \
+            device and account ids, the phone-gateway's URL and the keys that verify payloads. \
             Exit status: 0 success; 1 declined; 2 usage, connection errors and timeouts.
             """,
         subcommands: [Enroll.self, Pay.self, Balance.self])
@@ -59,8 +59,8 @@ struct Enroll: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Make this device's key and enroll it with a one-time code.",
         discussion: """
-            Generates an Ed25519 key, sends its public half with the code (POST /v1/devices), fetches the
-            payload keys (GET /v1/payload-keys) and saves everything in the wallet folder. Prints the
+            Generates an Ed25519 key, sends its public half with the code (POST /v1/devices), fetches the \
+            payload keys (GET /v1/payload-keys) and saves everything in the wallet folder. Prints the \
             device and account ids. The phone-gateway is --url, WIPAY_PHONE_URL or http://127.0.0.1:8090.
             """)
 
@@ -145,11 +145,11 @@ struct Pay: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Pay the request a terminal announces on the local link.",
         discussion: """
-            Listens on the local link (WIPAY_LINK_ADDRESS/WIPAY_LINK_PORT or --link-address/--link-port,
-            default port 47474) for a payload that verifies with the saved keys (fetching the keys again
-            once if it names an unknown key), shows merchant and amount, asks "Pay? [y/N]" unless --yes,
-            reads the PIN with echo off unless --pin or WIPAY_PIN is given, sends the signed instruction
-            (retried with the same Idempotency-Key on 503) and waits for the completion notice on the
+            Listens on the local link (WIPAY_LINK_ADDRESS/WIPAY_LINK_PORT or --link-address/--link-port, \
+            default port 47474) for a payload that verifies with the saved keys (fetching the keys again \
+            once if it names an unknown key), shows merchant and amount, asks "Pay? [y/N]" unless --yes, \
+            reads the PIN with echo off unless --pin or WIPAY_PIN is given, sends the signed instruction \
+            (retried with the same Idempotency-Key on 503) and waits for the completion notice on the \
             device's event stream. The PIN is never printed.
             """)
 

@@ -11,10 +11,10 @@ struct POSTerminal: AsyncParsableCommand {
         commandName: "pos-terminal",
         abstract: "A reference POS terminal for WiPay.",
         discussion: """
-            Authenticates to the pos-gateway with the terminal key from `payctl terminal add`
-            (WIPAY_TERMINAL_KEY or --key). The gateway is WIPAY_POS_URL or --url
-            (default http://127.0.0.1:8080). The local link is WIPAY_LINK_ADDRESS / WIPAY_LINK_PORT
-            or --link-address / --link-port (default 127.0.0.1:47474; on a shop LAN use the broadcast
+            Authenticates to the pos-gateway with the terminal key from `payctl terminal add` \
+            (WIPAY_TERMINAL_KEY or --key). The gateway is WIPAY_POS_URL or --url \
+            (default http://127.0.0.1:8080). The local link is WIPAY_LINK_ADDRESS / WIPAY_LINK_PORT \
+            or --link-address / --link-port (default 127.0.0.1:47474; on a shop LAN use the broadcast \
             address, e.g. 255.255.255.255).
             """,
         subcommands: [Charge.self])
