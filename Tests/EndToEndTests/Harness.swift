@@ -142,9 +142,14 @@ struct E2EDatabase: Sendable {
 
 enum E2EPorts {
     /// A base port `p` such that `p ..< p + count` can all be bound on 127.0.0.1 right now.
+    /// Ports are picked below Linux's ephemeral range (32768 and up by default): a port found free there
+    /// cannot be taken before the service binds it by another process's `bind(…:0)` or outgoing connection
+    /// (the suites run in parallel and every instance binds an ephemeral control port).
+    static let range = 20_000...32_000
+
     static func consecutive(_ count: Int, attempts: Int = 300) -> Int? {
         for _ in 0..<attempts {
-            let base = Int.random(in: 20_000...(60_000 - count))
+            let base = Int.random(in: range.lowerBound...(range.upperBound - count))
             if (base..<(base + count)).allSatisfy(canBind) { return base }
         }
         return nil
@@ -303,6 +308,18 @@ final class E2ESystem: Sendable {
 
     /// Creates the database, picks ports, starts every service and waits until each answers /healthz.
     static func start(suite: String) async throws -> E2ESystem {
+        // Another suite may bind a port between our check and our service's bind: start again on new ports.
+        var attempt = 1
+        while true {
+            do {
+                return try await startOnce(suite: suite)
+            } catch let error as E2EFailure where attempt < 3 && error.description.contains("Address already in use") {
+                attempt += 1
+            }
+        }
+    }
+
+    private static func startOnce(suite: String) async throws -> E2ESystem {
         guard let bin = E2EEnv.binDirectory else { throw E2EFailure("built executables not found next to the tests") }
         let db = try await E2EDatabase.create()
         let safeName = suite.filter { $0.isLetter || $0.isNumber }.prefix(40)
@@ -490,7 +507,7 @@ final class E2ESystem: Sendable {
     /// A UDP/TCP port for one test's local link, distinct from every other test's in this system.
     func linkPort() -> Int {
         while true {
-            let port = Int.random(in: 20_000...60_000)
+            let port = Int.random(in: E2EPorts.range)
             let fresh = linkPorts.withLock { used in used.insert(port).inserted }
             if fresh && E2EPorts.canBind(port) { return port }
         }
