@@ -283,3 +283,20 @@ final class Locked<Value: Sendable>: Sendable {
     func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R { try mutex.withLock { try body(&$0) } }
     var value: Value { mutex.withLock { $0 } }
 }
+
+/// Runs `body` until it does not fail for want of a connection, for at most `timeout` (once a second):
+/// how a stage waits at start-up for a PostgreSQL that is still coming up. Other errors are thrown at once.
+public func pgRetryingUntilReachable(
+    timeout: Duration, onRetry: (PGError) -> Void, _ body: () async throws -> Void
+) async throws {
+    let end = ContinuousClock.now + timeout
+    while true {
+        do {
+            try await body()
+            return
+        } catch let error as PGError where error.isConnectionError && ContinuousClock.now < end {
+            onRetry(error)
+            try await Task.sleep(for: .seconds(1))
+        }
+    }
+}

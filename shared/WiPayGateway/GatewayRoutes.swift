@@ -39,3 +39,13 @@ extension GatewayResponse {
             body: .init(byteBuffer: ByteBuffer(string: OpenAPIDocument.yaml)))
     }
 }
+
+extension Router where Context == BasicRequestContext {
+    /// What both gateways put first on their router: contract-shaped errors, per-route metrics and
+    /// `GET /openapi.yaml`.
+    public func addGatewayBasics(service: String) {
+        add(middleware: GatewayErrorMiddleware())
+        add(middleware: GatewayMetricsMiddleware(service: service))
+        get("openapi.yaml") { _, _ in GatewayResponse.openAPI() }
+    }
+}

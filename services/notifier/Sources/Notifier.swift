@@ -36,15 +36,10 @@ public final class Notifier: Sendable {
 
     /// Applies migrations, retrying while PostgreSQL is not up yet (bounded: `timeout`).
     public func migrate(timeout: Duration = .seconds(30)) async throws {
-        let end = ContinuousClock.now + timeout
-        while true {
-            do {
-                try await pool.run { try NotifierSchema.migrate($0) }
-                return
-            } catch let error as PGError where error.isConnectionError && ContinuousClock.now < end {
-                logger.warning("database not reachable yet; retrying", metadata: ["error": "\(error)"])
-                try await Task.sleep(for: .seconds(1))
-            }
+        try await pgRetryingUntilReachable(timeout: timeout, onRetry: { error in
+            logger.warning("database not reachable yet; retrying", metadata: ["error": "\(error)"])
+        }) {
+            try await pool.run { try NotifierSchema.migrate($0) }
         }
     }
 

@@ -33,9 +33,7 @@ public final class PhoneGateway: Sendable {
     // MARK: routes
 
     public func addRoutes(to router: Router<BasicRequestContext>, service: String) {
-        router.add(middleware: GatewayErrorMiddleware())
-        router.add(middleware: GatewayMetricsMiddleware(service: service))
-        router.get("openapi.yaml") { _, _ in GatewayResponse.openAPI() }
+        router.addGatewayBasics(service: service)
         router.post("v1/devices") { request, _ in
             await GatewayResponse.handle { try await self.enroll(request) }
         }

@@ -26,9 +26,7 @@ public final class POSGateway: Sendable {
     // MARK: routes
 
     public func addRoutes(to router: Router<BasicRequestContext>, service: String) {
-        router.add(middleware: GatewayErrorMiddleware())
-        router.add(middleware: GatewayMetricsMiddleware(service: service))
-        router.get("openapi.yaml") { _, _ in GatewayResponse.openAPI() }
+        router.addGatewayBasics(service: service)
         router.post("v1/payment-requests") { request, _ in
             await GatewayResponse.handle { try await self.create(request) }
         }
