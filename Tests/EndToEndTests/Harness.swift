@@ -54,6 +54,9 @@ enum E2EEnv {
     static var ready: Bool { databaseURL != nil && binDirectory != nil }
 
     static let pinSecret = "e2e-pin-secret-0123456789abcdef-xyz"
+
+    /// The gateways' rate limits off: for suites whose clients pay in a tight loop, faster than any counter.
+    static let noRateLimits = ["WIPAY_RATE_TERMINAL": "off", "WIPAY_RATE_DEVICE": "off", "WIPAY_RATE_ADDRESS": "off"]
 }
 
 struct E2EFailure: Error, CustomStringConvertible {
@@ -280,6 +283,8 @@ final class E2ESystem: Sendable {
     let payloadKeyId: String
     let payloadPublicKey: [UInt8]
     let children: E2ELocked<[E2EChild]>
+    /// Settings given to every service on top of the harness's own (a suite's `.e2eSystem(environment:)`).
+    let environmentOverrides: [String: String]
     let observed = E2ELocked<[E2EObservation]>([])
     let failed = E2ELocked(false)
     /// PINs (6 digits), terminal keys and enrollment codes the tests used: none may appear in a service log.
@@ -291,7 +296,7 @@ final class E2ESystem: Sendable {
 
     private init(
         suite: String, db: E2EDatabase, dir: String, bin: URL, busPort: Int, httpPorts: [String: Int],
-        payloadKey: Curve25519.Signing.PrivateKey
+        payloadKey: Curve25519.Signing.PrivateKey, environmentOverrides: [String: String]
     ) {
         self.suite = suite
         self.db = db
@@ -304,22 +309,23 @@ final class E2ESystem: Sendable {
         self.payloadKeyId = signer.keyId
         self.payloadPublicKey = signer.publicKeyBytes
         self.children = E2ELocked([])
+        self.environmentOverrides = environmentOverrides
     }
 
     /// Creates the database, picks ports, starts every service and waits until each answers /healthz.
-    static func start(suite: String) async throws -> E2ESystem {
+    static func start(suite: String, environment: [String: String] = [:]) async throws -> E2ESystem {
         // Another suite may bind a port between our check and our service's bind: start again on new ports.
         var attempt = 1
         while true {
             do {
-                return try await startOnce(suite: suite)
+                return try await startOnce(suite: suite, environment: environment)
             } catch let error as E2EFailure where attempt < 3 && error.description.contains("Address already in use") {
                 attempt += 1
             }
         }
     }
 
-    private static func startOnce(suite: String) async throws -> E2ESystem {
+    private static func startOnce(suite: String, environment: [String: String]) async throws -> E2ESystem {
         guard let bin = E2EEnv.binDirectory else { throw E2EFailure("built executables not found next to the tests") }
         let db = try await E2EDatabase.create()
         let safeName = suite.filter { $0.isLetter || $0.isNumber }.prefix(40)
@@ -332,7 +338,7 @@ final class E2ESystem: Sendable {
             for (i, service) in E2EEnv.services.enumerated() { httpPorts[service] = base + 4 + i }
             let system = E2ESystem(
                 suite: suite, db: db, dir: dir, bin: bin, busPort: base, httpPorts: httpPorts,
-                payloadKey: Curve25519.Signing.PrivateKey())
+                payloadKey: Curve25519.Signing.PrivateKey(), environmentOverrides: environment)
             do {
                 try await system.startServices()
             } catch {
@@ -375,6 +381,7 @@ final class E2ESystem: Sendable {
         default:
             break
         }
+        for (key, value) in environmentOverrides { env[key] = value }
         return env
     }
 
@@ -575,6 +582,9 @@ func e2eSystem() throws -> E2ESystem {
 /// Starts one whole system for the suite it is applied to; at the end of the suite it runs
 /// `payctl reconcile`, checks the observed responses against docs/openapi.yaml, and stops everything.
 struct E2ESystemTrait: SuiteTrait, TestScoping {
+    /// Settings for every service of the suite's system, on top of the harness's.
+    var environment: [String: String] = [:]
+
     var isRecursive: Bool { false }
 
     func scopeProvider(for test: Test, testCase: Test.Case?) -> E2ESystemTrait? { test.isSuite ? self : nil }
@@ -584,7 +594,7 @@ struct E2ESystemTrait: SuiteTrait, TestScoping {
     ) async throws {
         // A suite skipped for want of a database or of built executables starts nothing.
         guard E2EEnv.ready else { return try await function() }
-        let system = try await E2ESystem.start(suite: test.name)
+        let system = try await E2ESystem.start(suite: test.name, environment: environment)
         do {
             try await E2ESystem.$current.withValue(system) {
                 try await IssueHandlingTrait.compactMapIssues { issue in
@@ -607,6 +617,9 @@ struct E2ESystemTrait: SuiteTrait, TestScoping {
 extension Trait where Self == E2ESystemTrait {
     /// One whole WiPay (database and six processes) for this suite.
     static var e2eSystem: E2ESystemTrait { E2ESystemTrait() }
+
+    /// One whole WiPay for this suite, every service with these settings on top of the harness's.
+    static func e2eSystem(environment: [String: String]) -> E2ESystemTrait { E2ESystemTrait(environment: environment) }
 }
 
 extension E2ESystem {

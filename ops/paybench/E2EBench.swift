@@ -21,7 +21,9 @@ struct E2EBench: AsyncParsableCommand {
             with --concurrency payers, each with its own terminal, phone and keep-alive connections; with
             --rate it starts payments at that fixed rate (open loop: the end-to-end latency counts from the
             scheduled start). The bus is secured with CURVE when WIPAY_CURVE_KEYS_DIR is set (keys `ops` and
-            `bus` of that folder).
+            `bus` of that folder). Start the gateways it drives with their rate limits off
+            (WIPAY_RATE_TERMINAL=off WIPAY_RATE_DEVICE=off WIPAY_RATE_ADDRESS=off, as ops/scripts/bench-e2e.sh
+            does): it drives each terminal and device far faster than a counter, all from one address.
             """)
 
     @Option(help: "Host of the bus broker. [env WIPAY_BUS_HOST]") var busHost: String?

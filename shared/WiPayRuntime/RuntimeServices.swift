@@ -205,8 +205,10 @@ enum HTTPService {
         }
         extraRoutes?(router)
         let host = runtime.config.httpHost
+        // The responder sets `PeerAddress.current` (limits per client address) around the router.
         return Application(
-            router: router, configuration: .init(address: .hostname(host, port: port), serverName: runtime.config.service),
+            responder: PeerAddressResponder(inner: router.buildResponder()),
+            configuration: .init(address: .hostname(host, port: port), serverName: runtime.config.service),
             onServerRunning: { channel in
                 let bound = channel.localAddress?.port ?? port
                 runtime.state.httpEndpoint = "http://\(host):\(bound)"
