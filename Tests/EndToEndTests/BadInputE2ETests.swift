@@ -177,12 +177,23 @@ struct BadInputE2ETests {
         garbage.set("X-Signature", "not base64!!")
         expectError(try await post(garbage), 401, ["invalid_signature"], "garbage signature")
 
-        // A replayed signature: the first use pays... no: use a GET so nothing moves, then replay it.
+        // The identical signed request again is a resend and gets its answer; the same (version-1)
+        // signature with another Idempotency-Key is a replay, refused. An instruction with a payload that is
+        // not one changes nothing, so it serves as the probe.
         let meHeaders = phone.signedHeaders(method: "GET", path: "/v1/accounts/me", body: [])
         let first = try await phone.http.send("GET", "/v1/accounts/me", headers: meHeaders)
         #expect(first.status == 200, "\(first)")
-        let replay = try await phone.http.send("GET", "/v1/accounts/me", headers: meHeaders)
-        expectError(replay, 401, ["signature_replayed"], "replayed signature")
+        let resentGet = try await phone.http.send("GET", "/v1/accounts/me", headers: meHeaders)
+        #expect(resentGet.status == 200, "an identical GET resent: \(resentGet)")
+        let probeBody = phone.payBody("not a payload")
+        let probe = phone.signedHeaders(method: "POST", path: path, body: probeBody)
+        let probeKey = "k-\(e2eToken(10))"
+        let original = try await post(probe, key: probeKey, body: probeBody)
+        #expect(original.status == 422 && original.code == "invalid_payload", "\(original)")
+        let resent = try await post(probe, key: probeKey, body: probeBody)
+        #expect(resent.status == original.status && resent.code == original.code, "resent: \(resent)")
+        let replayed = try await post(probe, key: "k-\(e2eToken(10))", body: probeBody)
+        expectError(replayed, 401, ["signature_replayed"], "signature replayed with another Idempotency-Key")
 
         // PIN format, checked before anything else.
         for pin in ["12", "1234567", "abcd", "", "12 4", "١٢٣٤"] {

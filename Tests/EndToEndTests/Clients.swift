@@ -50,7 +50,7 @@ final class E2EHTTP: Sendable {
     }
 
     static func safeToResend(_ method: String, _ headers: HTTPHeaders) -> Bool {
-        !headers.contains("X-Signature") && (method == "GET" || headers.contains("Idempotency-Key"))
+        method == "GET" || headers.contains("Idempotency-Key")
     }
 
     /// - Parameter record: false for deliberate probes outside the documented API (an unknown path).
@@ -61,9 +61,9 @@ final class E2EHTTP: Sendable {
         do {
             response = try await client.send(method: method, path: path, headers: headers, body: body)
         } catch {
-            // What a real terminal does when a connection drops before any answer: send the same request
-            // again (same Idempotency-Key). Signed device calls are not resent: a repeated signature is
-            // refused as a replay, by design.
+            // What a real terminal or phone does when a connection drops before any answer: send the same
+            // request again (same Idempotency-Key; for a phone the same signed bytes, which the gateway
+            // answers with the first result).
             guard error.isRetryable, Self.safeToResend(method, headers) else { throw error }
             response = try await client.send(method: method, path: path, headers: headers, body: body)
         }
@@ -298,12 +298,16 @@ final class E2EPhone: Sendable {
     }
 
     /// Headers with a signature this phone has not sent before (waits for the next second when needed).
-    func freshSignedHeaders(method: String, path: String, body: [UInt8]) async throws -> HTTPHeaders {
+    func freshSignedHeaders(
+        method: String, path: String, body: [UInt8], idempotencyKey: String? = nil
+    ) async throws -> HTTPHeaders {
         while true {
-            // The client library's DeviceIdentity signs the normal calls; `signedHeaders` (this file's own
-            // reading of the contract) signs the forged ones, so both implementations meet the gateway.
+            // The client library's DeviceIdentity signs the normal calls (version 2, covering the
+            // Idempotency-Key); `signedHeaders` (this file's own reading of the contract, version 1) signs
+            // the forged ones, so both implementations and both versions meet the gateway.
             let identity = try DeviceIdentity(deviceId: deviceId ?? "", rawPrivateKey: key.raw)
-            let headers = try identity.signedHeaders(method: method, path: path, body: body)
+            var headers = try identity.signedHeaders(method: method, path: path, body: body, idempotencyKey: idempotencyKey)
+            if let idempotencyKey { headers.set("Idempotency-Key", idempotencyKey) }
             let signature = headers["X-Signature"] ?? ""
             if usedSignatures.withLock({ $0.insert(signature).inserted }) { return headers }
             try await Task.sleep(for: .milliseconds(200))
@@ -314,7 +318,10 @@ final class E2EPhone: Sendable {
         _ method: String, _ path: String, body: [UInt8] = [], idempotencyKey: String? = nil,
         extraHeaders: HTTPHeaders = HTTPHeaders(), signed: Bool = true
     ) async throws -> E2EReply {
-        var headers = signed ? try await freshSignedHeaders(method: method, path: path, body: body) : HTTPHeaders()
+        var headers =
+            signed
+            ? try await freshSignedHeaders(method: method, path: path, body: body, idempotencyKey: idempotencyKey)
+            : HTTPHeaders()
         if !body.isEmpty { headers.set("Content-Type", "application/json") }
         if let idempotencyKey { headers.set("Idempotency-Key", idempotencyKey) }
         for (name, value) in extraHeaders { headers.set(name, value) }

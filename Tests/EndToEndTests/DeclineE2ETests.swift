@@ -20,12 +20,13 @@ struct DeclineE2ETests {
         return reply
     }
 
-    @Test("insufficient_funds: declined on both streams, nothing moves", .timeLimit(.minutes(2)))
+    @Test("insufficient_funds: the attempt is declined on both streams, the request stays open and another phone pays it", .timeLimit(.minutes(2)))
     func insufficientFunds() async throws {
         let system = try e2eSystem()
         let merchant = try await system.addMerchant()
         let pos = try system.pos(merchant)
         let phone = try await system.phone(funds: 100)
+        let other = try await system.phone(funds: 1_000)
         let posEvents = try await pos.events()
         let phoneEvents = try await phone.events()
         defer {
@@ -34,40 +35,102 @@ struct DeclineE2ETests {
         }
         let (id, payload) = try await pos.mustCreate(amount: 500)
         expectDeclined(try await phone.pay(payload), "insufficient_funds")
-        #expect(try await pos.get(id).string("status") == "declined")
-        let posDeclined = await posEvents.waitForEvent("payment.declined", requestId: id)
-        #expect(posDeclined?.json?["status"]?.string == "declined", "\(posEvents.events)")
-        #expect(await phoneEvents.waitForEvent("payment.declined", requestId: id) != nil, "\(phoneEvents.events)")
+        let after = try await pos.get(id)
+        #expect(after.string("status") == "pending" && after.int("declined_attempts") == 1, "\(after)")
+        let attempt = await posEvents.waitForEvent("payment.attempt_declined", requestId: id)
+        #expect(attempt?.json?["status"]?.string == "pending", "\(posEvents.events)")
+        #expect(attempt?.json?["error"]?["code"]?.string == "insufficient_funds", "\(posEvents.events)")
+        #expect(attempt?.json?["declined_attempts"]?.int64 == 1, "\(posEvents.events)")
+        #expect(attempt?.json?["payer"] == nil, "an attempt tells the terminal nothing about the payer")
+        let phoneDeclined = await phoneEvents.waitForEvent("payment.declined", requestId: id)
+        #expect(phoneDeclined?.json?["error"]?["code"]?.string == "insufficient_funds", "\(phoneEvents.events)")
         #expect(try await system.balance(phone.accountId) == 100)
         #expect(try await system.balance(merchant.accountId) == 0)
-        // The request is final: paying it again is refused without reaching the ledger.
-        let again = try await phone.pay(payload)
-        #expect(again.status == 422, "\(again)")
-        #expect(again.code == "request_declined" || again.code == "insufficient_funds", "\(again)")
+        // The sale is still open: another phone pays it, once.
+        let paid = try await other.pay(payload)
+        #expect(paid.status == 200 && paid.string("status") == "succeeded", "\(paid)")
+        #expect(await posEvents.waitForEvent("payment.succeeded", requestId: id) != nil, "\(posEvents.events)")
+        expectDeclined(try await phone.pay(payload), "request_already_paid")
+        #expect(try await system.balance(merchant.accountId) == 500)
+        #expect(try await system.balance(other.accountId) == 500)
     }
 
-    @Test("incorrect_pin twice, pin_locked at the third, even the right PIN until payctl wallet unlock", .timeLimit(.minutes(2)))
+    @Test("a mistyped PIN is typed again on the same request; incorrect_pin twice, pin_locked at the third until payctl wallet unlock", .timeLimit(.minutes(2)))
     func incorrectPinAndLock() async throws {
         let system = try e2eSystem()
         let merchant = try await system.addMerchant()
         let pos = try system.pos(merchant)
         let phone = try await system.phone(pin: "246813", funds: 10_000)
+        // One request: a typo, then the right PIN pays it.
+        let (typoId, typoPayload) = try await pos.mustCreate(amount: 100)
+        expectDeclined(try await phone.pay(typoPayload, pin: "135790"), "incorrect_pin")
+        #expect(try await pos.get(typoId).string("status") == "pending")
+        let retried = try await phone.pay(typoPayload, pin: "246813")
+        #expect(retried.status == 200, "\(retried)")
+        #expect(try await pos.get(typoId).int("declined_attempts") == 1)
+        #expect(try await system.balance(phone.accountId) == 9_900)
+        // Three wrong in a row lock the wallet; each request stays open meanwhile.
         for attempt in 1...3 {
             let (id, payload) = try await pos.mustCreate(amount: 100)
             let reply = try await phone.pay(payload, pin: "135790")
             expectDeclined(reply, attempt < 3 ? "incorrect_pin" : "pin_locked")
-            #expect(try await pos.get(id).string("status") == "declined")
+            #expect(try await pos.get(id).string("status") == "pending")
         }
         let (_, lockedPayload) = try await pos.mustCreate(amount: 100)
         expectDeclined(try await phone.pay(lockedPayload, pin: "246813"), "pin_locked")
-        #expect(try await system.balance(phone.accountId) == 10_000)
+        #expect(try await system.balance(phone.accountId) == 9_900)
 
         let unlock = try await system.payctl(["wallet", "unlock", phone.accountId])
         #expect(unlock.status == 0 && unlock.json?["locked"] as? Bool == false, "\(unlock)")
-        let (_, payload) = try await pos.mustCreate(amount: 100)
-        let paid = try await phone.pay(payload, pin: "246813")
+        // The same locked-out request is still payable after the unlock.
+        let paid = try await phone.pay(lockedPayload, pin: "246813")
         #expect(paid.status == 200, "\(paid)")
-        #expect(try await system.balance(phone.accountId) == 9_900)
+        #expect(try await system.balance(phone.accountId) == 9_800)
+    }
+
+    @Test("the limit of declined attempts ends the request: attempts_exhausted on the terminal's stream", .timeLimit(.minutes(2)))
+    func attemptsExhausted() async throws {
+        let system = try e2eSystem()
+        let merchant = try await system.addMerchant()
+        let pos = try system.pos(merchant)
+        let poor = try await system.phone(funds: 10)
+        let rich = try await system.phone(funds: 10_000)
+        let posEvents = try await pos.events()
+        defer { posEvents.close() }
+        let (id, payload) = try await pos.mustCreate(amount: 500)
+        for _ in 1...5 { expectDeclined(try await poor.pay(payload), "insufficient_funds") }
+        let final = try await pos.get(id)
+        #expect(final.string("status") == "declined" && final.string("decline_code") == "attempts_exhausted", "\(final)")
+        #expect(final.int("declined_attempts") == 5, "\(final)")
+        let declined = await posEvents.waitForEvent("payment.declined", requestId: id)
+        #expect(declined?.json?["error"]?["code"]?.string == "attempts_exhausted", "\(posEvents.events)")
+        expectDeclined(try await rich.pay(payload), "request_declined")
+        #expect(try await system.balance(rich.accountId) == 10_000)
+        #expect(try await system.balance(merchant.accountId) == 0)
+    }
+
+    @Test("a resent instruction (the identical signed bytes) gets its first answer; the signature with another key is refused", .timeLimit(.minutes(2)))
+    func resentInstruction() async throws {
+        let system = try e2eSystem()
+        let merchant = try await system.addMerchant()
+        let pos = try system.pos(merchant)
+        let phone = try await system.phone(funds: 1_000)
+        let (id, payload) = try await pos.mustCreate(amount: 250)
+        let body = phone.payBody(payload)
+        let key = "pay-\(e2eToken(12))"
+        var headers = try await phone.freshSignedHeaders(
+            method: "POST", path: "/v1/payment-instructions", body: body, idempotencyKey: key)
+        headers.set("Content-Type", "application/json")
+        let first = try await phone.http.send("POST", "/v1/payment-instructions", headers: headers, body: body)
+        #expect(first.status == 200 && first.string("request_id") == id, "\(first)")
+        let again = try await phone.http.send("POST", "/v1/payment-instructions", headers: headers, body: body)
+        #expect(again.status == 200 && again.string("payment_id") == first.string("payment_id"), "resent: \(again)")
+        // Version 2 covers the key: the same signature under another key does not even verify.
+        var moved = headers
+        moved.set("Idempotency-Key", "pay-\(e2eToken(12))")
+        let refused = try await phone.http.send("POST", "/v1/payment-instructions", headers: moved, body: body)
+        #expect(refused.status == 401, "\(refused)")
+        #expect(try await system.balance(phone.accountId) == 750, "paid exactly once")
     }
 
     @Test("request_expired, request_canceled, request_already_paid", .timeLimit(.minutes(2)))

@@ -103,7 +103,8 @@ final class E2EFaultTraffic: Sendable {
         let payBody = payer.phone.payBody(payload)
         let phone = payer.phone
         let paid = await e2eFaultCall(cluster: cluster, service: "phone-gateway", stats: stats) { http in
-            var headers = try await phone.freshSignedHeaders(method: "POST", path: "/v1/payment-instructions", body: payBody)
+            var headers = try await phone.freshSignedHeaders(
+                method: "POST", path: "/v1/payment-instructions", body: payBody, idempotencyKey: payKey)
             headers.set("Content-Type", "application/json")
             headers.set("Idempotency-Key", payKey)
             return try await http.send("POST", "/v1/payment-instructions", headers: headers, body: payBody)
@@ -471,7 +472,7 @@ enum E2EFaultMoments {
 // MARK: - the suite
 
 @Suite(
-    "Fault tests: kill -9 and rolling restarts under payment traffic", .e2eSystem, .serialized,
+    "Fault tests: kill -9 and rolling restarts under payment traffic", .e2eSystem(environment: E2EEnv.noRateLimits), .serialized,
     .enabled(if: E2EEnv.ready && e2eFaultTestsEnabled))
 struct FaultE2ETests {
     @Test("kill -9 each stage in turn under traffic: no payment lost or doubled, notices exactly once", .timeLimit(.minutes(4)))

@@ -245,25 +245,26 @@ struct RouterFlowTests {
             let poor = try await w.payer("Penny", balance: 100)
             let rich = try await w.payer("Rich", balance: 100_000)
 
-            // insufficient_funds: the request is declined, the terminal starts a new one.
+            // insufficient_funds: the attempt is declined, the request stays pending (payable by another phone).
             let r1 = try await w.newRequest(shop, amount: 500)
             let (s1, d1) = try await w.pay(w.instruction(poor, r1))
             #expect(s1 == .declined && d1.status == .declined && d1.errorCode == "insufficient_funds")
             #expect(d1.errorMessage?.isEmpty == false)
-            #expect(try await w.get(shop, r1.requestId).status == .declined)
-            let (s1b, d1b) = try await w.pay(w.instruction(rich, r1))
-            #expect(s1b == .declined && d1b.errorCode == "request_declined")
-            #expect(await w.waitForNotices(r1.requestId, ["payment.declined"]))
+            let after1 = try await w.get(shop, r1.requestId)
+            #expect(after1.status == .pending && after1.declinedAttempts == 1 && after1.declineCode == nil)
+            #expect(await w.waitForNotices(r1.requestId, ["payment.attempt_declined"]))
             let declinedNotice = w.notifier.all.first { $0.requestId == r1.requestId }
             #expect(declinedNotice?.errorCode == "insufficient_funds")
             #expect(declinedNotice?.deviceId == poor.device.deviceId)
+            #expect(declinedNotice?.status == .pending && declinedNotice?.declinedAttempts == 1)
+            #expect(declinedNotice?.payerAlias == nil, "an attempt's notice carries no payer data")
 
-            // incorrect_pin, then pin_locked after three wrong PINs in a row.
+            // incorrect_pin, then pin_locked after three wrong PINs in a row; each request stays pending.
             for (index, expected) in ["incorrect_pin", "incorrect_pin", "pin_locked", "pin_locked"].enumerated() {
                 let request = try await w.newRequest(shop, amount: 10)
                 let (status, result) = try await w.pay(w.instruction(rich, request, pin: index == 3 ? "1234" : "9999"))
                 #expect(status == .declined && result.errorCode == expected, "attempt \(index)")
-                #expect(try await w.get(shop, request.requestId).status == .declined)
+                #expect(try await w.get(shop, request.requestId).status == .pending)
             }
             #expect(try await w.balance(rich.accountId) == 100_000)
 
@@ -314,6 +315,95 @@ struct RouterFlowTests {
             let (s7, d7) = try await w.pay(w.instruction(carol, r5))
             #expect(s7 == .ok && d7.status == .succeeded && d7.balance == 990)
             await w.expectLedgerReconciled()
+        }
+    }
+
+    @Test func aDeclinedAttemptLeavesTheRequestPayableOnce() async throws {
+        try await withRouterWorld { w in
+            let shop = try await w.shop()
+            let poor = try await w.payer("Penny", balance: 100)
+            let rich = try await w.payer("Rich", balance: 10_000)
+            let request = try await w.newRequest(shop, amount: 300)
+            // Not enough money, then a mistyped PIN: two declined attempts, no money moved.
+            let (a, ra) = try await w.pay(w.instruction(poor, request))
+            #expect(a == .declined && ra.errorCode == "insufficient_funds")
+            let (b, rb) = try await w.pay(w.instruction(rich, request, pin: "0000"))
+            #expect(b == .declined && rb.errorCode == "incorrect_pin")
+            // The same attempt resent (same key and body) gets its first answer and is not counted again.
+            let wrongPin = w.instruction(rich, request, key: "typo", pin: "0000")
+            _ = try await w.pay(wrongPin)
+            let (b2, rb2) = try await w.pay(wrongPin)
+            #expect(b2 == .declined && rb2.errorCode == "incorrect_pin")
+            #expect(try await w.get(shop, request.requestId).declinedAttempts == 3)
+            // Then the right PIN pays it, exactly once.
+            let (c, rc) = try await w.pay(w.instruction(rich, request))
+            #expect(c == .ok && rc.status == .succeeded && rc.balance == 9_700)
+            let (d, rd) = try await w.pay(w.instruction(poor, request))
+            #expect(d == .declined && rd.errorCode == "request_already_paid")
+            let info = try await w.get(shop, request.requestId)
+            #expect(info.status == .succeeded && info.declinedAttempts == 3)
+            #expect(try await w.balance(shop.merchant.accountId) == 300)
+            #expect(try await w.balance(poor.accountId) == 100)
+            #expect(try await w.db.scalar("SELECT count(*) FROM ledger.transfers WHERE payment_request_id = $1", [request.requestId]) == 1)
+            #expect(
+                await w.waitForNotices(
+                    request.requestId, ["payment.attempt_declined", "payment.attempt_declined", "payment.attempt_declined", "payment.succeeded"]))
+            await w.expectLedgerReconciled()
+        }
+    }
+
+    @Test func theLimitOfDeclinedAttemptsEndsTheRequest() async throws {
+        try await withRouterWorld { w in
+            let shop = try await w.shop()
+            let poor = try await w.payer("Penny", balance: 100)
+            let rich = try await w.payer("Rich", balance: 10_000)
+            let request = try await w.newRequest(shop, amount: 300)
+            let limit = RequestStateMachine.defaultMaxDeclinedAttempts
+            for attempt in 1...limit {
+                let (status, result) = try await w.pay(w.instruction(poor, request))
+                #expect(status == .declined && result.errorCode == "insufficient_funds", "attempt \(attempt)")
+                let info = try await w.get(shop, request.requestId)
+                #expect(info.declinedAttempts == Int64(attempt))
+                #expect(info.status == (attempt < limit ? .pending : .declined), "attempt \(attempt)")
+            }
+            let info = try await w.get(shop, request.requestId)
+            #expect(info.declineCode == "attempts_exhausted")
+            // Final now: even a phone that could pay is refused, and nothing moves.
+            let (s, r) = try await w.pay(w.instruction(rich, request))
+            #expect(s == .declined && r.errorCode == "request_declined")
+            #expect(try await w.balance(rich.accountId) == 10_000)
+            var expected = Array(repeating: "payment.attempt_declined", count: limit)
+            expected.append("payment.declined")
+            #expect(await w.waitForNotices(request.requestId, expected))
+            let final = w.notifier.all.last { $0.requestId == request.requestId }
+            #expect(final?.errorCode == "attempts_exhausted" && final?.status == .declined && final?.deviceId == nil)
+            await w.expectLedgerReconciled()
+        }
+    }
+
+    @Test func aSignatureIsReusedOnlyByTheIdenticalInstruction() async throws {
+        try await withRouterWorld { w in
+            let shop = try await w.shop()
+            let alice = try await w.payer("Alice", balance: 10_000)
+            let request = try await w.newRequest(shop, amount: 250)
+            let digest = String(repeating: "ab", count: 32)
+            var first = w.instruction(alice, request, key: "k1")
+            first.signatureDigest = digest
+            let (s1, r1) = try await w.pay(first)
+            #expect(s1 == .ok && r1.status == .succeeded)
+            // The identical instruction again (any router instance: the memory is in PostgreSQL): its answer.
+            let (s2, r2) = try await w.pay(first)
+            #expect(s2 == .exists && r2.paymentId == r1.paymentId)
+            // The same signature with another Idempotency-Key: refused, nothing written.
+            var replay = w.instruction(alice, request, key: "k2")
+            replay.signatureDigest = digest
+            #expect(try await w.refusal(.instructionSubmit, replay) == (Status(rawValue: 401), "signature_replayed"))
+            #expect(try await w.db.scalar("SELECT count(*) FROM router.instructions WHERE idem_key = 'k2'") == 0)
+            // A digest that is not one is a bad request.
+            var junk = w.instruction(alice, request, key: "k3")
+            junk.signatureDigest = "not-hex"
+            #expect(try await w.refusal(.instructionSubmit, junk).1 == "bad_request")
+            #expect(try await w.balance(alice.accountId) == 9_750)
         }
     }
 

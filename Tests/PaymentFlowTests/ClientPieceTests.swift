@@ -13,10 +13,23 @@ import WiPayPayload
         let headers = try device.signedHeaders(method: "POST", path: "/v1/payment-instructions", body: body, now: 1_700_000_000)
         #expect(headers["X-Device-Id"] == "dev_abcdefghijklmnop")
         #expect(headers["X-Timestamp"] == "1700000000")
-        let signature = try #require(headers["X-Signature"])
-        #expect(!signature.contains("=") && !signature.contains("+") && !signature.contains("/"))
-        // The exact signed text, checked independently with Crypto.
+        #expect(headers["X-Signature-Version"] == "2")
         let hash = SHA256.hash(data: body).map { String(format: "%02x", $0) }.joined()
+        // Version 2, the client's own form: covers the Idempotency-Key (empty here), checked with Crypto.
+        let v2 = try #require(headers["X-Signature"])
+        let v2Raw = try #require(Base64URL.decode(v2))
+        let v2Text = "wipay-sig-2\nPOST\n/v1/payment-instructions\n1700000000\n\(hash)\n"
+        #expect(key.publicKey.isValidSignature(v2Raw, for: Array(v2Text.utf8)))
+        let keyed = try device.signedHeaders(
+            method: "POST", path: "/v1/payment-instructions", body: body, idempotencyKey: "key-7", now: 1_700_000_000)
+        let keyedText = "wipay-sig-2\nPOST\n/v1/payment-instructions\n1700000000\n\(hash)\nkey-7"
+        let keyedSignature = try #require(keyed["X-Signature"])
+        let keyedRaw = try #require(Base64URL.decode(keyedSignature))
+        #expect(key.publicKey.isValidSignature(keyedRaw, for: Array(keyedText.utf8)))
+        #expect(keyedSignature != v2, "another key, another signature")
+        // Version 1, the contract's first form: the exact signed text, checked independently with Crypto.
+        let signature = try device.signature(method: "POST", path: "/v1/payment-instructions", timestamp: 1_700_000_000, body: body)
+        #expect(!signature.contains("=") && !signature.contains("+") && !signature.contains("/"))
         let text = "POST\n/v1/payment-instructions\n1700000000\n\(hash)"
         let raw = try #require(Base64URL.decode(signature))
         #expect(raw.count == 64)

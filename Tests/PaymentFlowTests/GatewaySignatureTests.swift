@@ -22,19 +22,72 @@ struct GatewaySignatureTests {
         #expect(String(decoding: message, as: UTF8.self) == "GET\n/v1/accounts/me?x=1\n17\nab")
     }
 
-    @Test func goodSignatureThenReplay() throws {
+    @Test func goodSignatureThenResendThenReplay() throws {
         let verifier = SignatureVerifier()
         let body = #"{"payload":"x","pin":"1234"}"#
         let (timestamp, signature) = try signed(body: body)
+        func check(key: String?, at offset: Int64) -> Result<VerifiedSignature, GatewayError> {
+            verifier.check(
+                publicKey: publicKey, method: "POST", path: "/v1/payment-instructions", timestamp: timestamp, signature: signature,
+                body: Array(body.utf8), idempotencyKey: key, nowSeconds: now + offset)
+        }
+        let first = try check(key: "k1", at: 0).get()
+        #expect(!first.isResend)
+        #expect(first.digest.utf8.count == 64)
+        // The identical request again (a phone that never saw its answer): a resend, let through.
+        let again = try check(key: "k1", at: 1).get()
+        #expect(again.isResend && again.digest == first.digest)
+        // The same version-1 signature with another Idempotency-Key: a replay.
+        guard case .failure(let replay) = check(key: "k2", at: 2) else {
+            Issue.record("a signature reused with another key must be refused")
+            return
+        }
+        #expect(replay.code == "signature_replayed")
+        #expect(replay.status.code == 401)
+        guard case .failure(let noKey) = check(key: nil, at: 2) else {
+            Issue.record("a signature reused without its key must be refused")
+            return
+        }
+        #expect(noKey.code == "signature_replayed")
+    }
+
+    @Test func versionTwoCoversTheIdempotencyKey() throws {
+        let verifier = SignatureVerifier()
+        let body = #"{"payload":"x","pin":"1234"}"#
+        let timestamp = String(now)
+        let message = DeviceSignature.message(
+            version: .v2, method: "POST", path: "/p", timestamp: "17", bodyHash: "ab", idempotencyKey: "key-1")
+        #expect(String(decoding: message, as: UTF8.self) == "wipay-sig-2\nPOST\n/p\n17\nab\nkey-1")
+        let a = try DeviceSignature.sign(
+            privateKey: key, method: "POST", path: "/v1/payment-instructions", timestamp: timestamp, body: Array(body.utf8),
+            version: .v2, idempotencyKey: "a")
+        let b = try DeviceSignature.sign(
+            privateKey: key, method: "POST", path: "/v1/payment-instructions", timestamp: timestamp, body: Array(body.utf8),
+            version: .v2, idempotencyKey: "b")
+        #expect(a != b, "two calls that differ only in their key never share a signature")
+        for (signature, idempotencyKey) in [(a, "a"), (b, "b")] {
+            let verified = verifier.check(
+                publicKey: publicKey, method: "POST", path: "/v1/payment-instructions", timestamp: timestamp, signature: signature,
+                body: Array(body.utf8), version: .v2, idempotencyKey: idempotencyKey, nowSeconds: now)
+            #expect((try? verified.get()) != nil)
+        }
+        // A version-2 signature moved to another key no longer verifies at all.
+        let moved = verifier.check(
+            publicKey: publicKey, method: "POST", path: "/v1/payment-instructions", timestamp: timestamp, signature: a,
+            body: Array(body.utf8), version: .v2, idempotencyKey: "c", nowSeconds: now)
+        guard case .failure(let error) = moved else {
+            Issue.record("a moved signature must be refused")
+            return
+        }
+        #expect(error.code == "invalid_signature")
+        // Checked as version 1, a version-2 signature is not valid either.
         #expect(
             verifier.verify(
-                publicKey: publicKey, method: "POST", path: "/v1/payment-instructions", timestamp: timestamp, signature: signature,
-                body: Array(body.utf8), nowSeconds: now) == nil)
-        let again = verifier.verify(
-            publicKey: publicKey, method: "POST", path: "/v1/payment-instructions", timestamp: timestamp, signature: signature,
-            body: Array(body.utf8), nowSeconds: now + 1)
-        #expect(again?.code == "signature_replayed")
-        #expect(again?.status.code == 401)
+                publicKey: publicKey, method: "POST", path: "/v1/payment-instructions", timestamp: timestamp, signature: a,
+                body: Array(body.utf8), nowSeconds: now)?.code == "invalid_signature")
+        #expect(DeviceSignature.Version(header: nil) == .v1)
+        #expect(DeviceSignature.Version(header: "2") == .v2)
+        #expect(DeviceSignature.Version(header: "3") == nil)
     }
 
     @Test func alteredRequestIsRefused() throws {

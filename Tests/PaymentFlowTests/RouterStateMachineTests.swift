@@ -15,8 +15,8 @@ struct RouterStateMachineTests {
         var a = Self.pending()
         try a.succeed()
         #expect(a.status == .succeeded)
-        var b = Self.pending()
-        try b.decline()
+        var b = RequestStateMachine(status: .pending, expiresAtMillis: Self.expiry, maxDeclinedAttempts: 1)
+        #expect(try b.declineAttempt() == .exhausted(declinedAttempts: 1))
         #expect(b.status == .declined)
         var c = Self.pending()
         #expect(try c.cancel(nowMillis: Self.expiry - 1) == .canceled)
@@ -34,13 +34,35 @@ struct RouterStateMachineTests {
         for (status, code) in codes {
             var machine = RequestStateMachine(status: status, expiresAtMillis: Self.expiry)
             #expect(throws: RequestStateMachine.Refusal(status: status)) { try machine.succeed() }
-            #expect(throws: RequestStateMachine.Refusal(status: status)) { try machine.decline() }
+            #expect(throws: RequestStateMachine.Refusal(status: status)) { _ = try machine.declineAttempt() }
+            #expect(machine.declinedAttempts == 0, "a refused attempt is not counted")
             #expect(throws: RequestStateMachine.Refusal(status: status)) { try machine.cancel(nowMillis: 0) }
             #expect(throws: RequestStateMachine.Refusal(status: status)) { try machine.expire(nowMillis: Self.expiry * 2) }
             #expect(machine.status == status, "a refused move changes nothing")
             #expect(machine.instruction(nowMillis: 0) == .refuse(RequestStateMachine.Refusal(status: status)))
             #expect(RequestStateMachine.Refusal(status: status).code == code)
         }
+    }
+
+    @Test func declinedAttemptsKeepTheRequestOpenUntilTheLimit() throws {
+        var machine = RequestStateMachine(status: .pending, expiresAtMillis: Self.expiry, maxDeclinedAttempts: 3)
+        #expect(try machine.declineAttempt() == .stillPending(declinedAttempts: 1))
+        #expect(machine.status == .pending)
+        #expect(machine.instruction(nowMillis: 0) == .pay, "a declined attempt leaves the request payable")
+        #expect(try machine.declineAttempt() == .stillPending(declinedAttempts: 2))
+        #expect(try machine.declineAttempt() == .exhausted(declinedAttempts: 3))
+        #expect(machine.status == .declined)
+        #expect(throws: RequestStateMachine.Refusal(status: .declined)) { _ = try machine.declineAttempt() }
+        #expect(machine.declinedAttempts == 3)
+        // A request that had declined attempts still pays once, and only once.
+        var paid = RequestStateMachine(status: .pending, expiresAtMillis: Self.expiry, declinedAttempts: 4)
+        #expect(paid.maxDeclinedAttempts == RequestStateMachine.defaultMaxDeclinedAttempts)
+        try paid.succeed()
+        #expect(throws: RequestStateMachine.Refusal(status: .succeeded)) { _ = try paid.declineAttempt() }
+        #expect(throws: RequestStateMachine.Refusal(status: .succeeded)) { try paid.succeed() }
+        // Loaded with the limit already used up (the limit was lowered): the next decline ends it.
+        var lowered = RequestStateMachine(status: .pending, expiresAtMillis: Self.expiry, declinedAttempts: 7, maxDeclinedAttempts: 5)
+        #expect(try lowered.declineAttempt() == .exhausted(declinedAttempts: 8))
     }
 
     @Test func instructionsPayOnlyWhilePendingAndInTime() {

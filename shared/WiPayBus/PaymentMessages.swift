@@ -136,13 +136,19 @@ public struct PaymentRequestInfo: BusEncodable, Equatable {
     public var paymentId: String?
     public var postedAtMillis: Int64?
     public var payerAlias: String?
+    /// How many instruction attempts on it were declined (appended field: absent in older bodies, read as 0).
+    public var declinedAttempts: Int64
+    /// Set once `declined`: why (`attempts_exhausted`). Appended field.
+    public var declineCode: String?
 
     public init(
         requestId: String, status: PaymentRequestStatus, amountMinor: Int64, currency: String, reference: String,
         description: String?, merchantId: String, merchantName: String, terminalId: String, createdAtMillis: Int64,
         expiresAtMillis: Int64, payload: String, paymentId: String? = nil, postedAtMillis: Int64? = nil,
-        payerAlias: String? = nil
+        payerAlias: String? = nil, declinedAttempts: Int64 = 0, declineCode: String? = nil
     ) {
+        self.declinedAttempts = declinedAttempts
+        self.declineCode = declineCode
         self.requestId = requestId
         self.status = status
         self.amountMinor = amountMinor
@@ -176,6 +182,8 @@ public struct PaymentRequestInfo: BusEncodable, Equatable {
         w.write(paymentId)
         w.write(postedAtMillis)
         w.write(payerAlias)
+        w.write(declinedAttempts)
+        w.write(declineCode)
     }
 
     public init(from r: inout BusReader) throws(BusDecodeError) {
@@ -197,6 +205,15 @@ public struct PaymentRequestInfo: BusEncodable, Equatable {
         paymentId = try r.readOptionalString("payment_id", max: 64)
         postedAtMillis = try r.readOptionalInt64("posted_at")
         payerAlias = try r.readOptionalString("payer_alias", max: 64)
+        // Appended fields: a body from before them ends here.
+        if r.isAtEnd {
+            declinedAttempts = 0
+            declineCode = nil
+        } else {
+            declinedAttempts = try r.readInt64("declined_attempts")
+            guard declinedAttempts >= 0 else { throw BusDecodeError(.invalidValue, "declined_attempts") }
+            declineCode = try r.readOptionalString("decline_code", max: 64)
+        }
     }
 }
 
@@ -214,8 +231,16 @@ public struct InstructionSubmit: BusEncodable, Equatable {
     /// The payer's PIN, 4 to 6 digits (checked by the gateway; ≤ 16 bytes on the wire, like the ledger's).
     /// Passed on to the ledger only: never logged, stored or echoed.
     public var pin: String
+    /// Lowercase hex SHA-256 of the raw device signature the gateway verified (64 bytes), so that every
+    /// router instance can tell a resend (same signature, same key and body) from a replay (same signature,
+    /// another key or body). Empty when not known (appended field: absent in older bodies).
+    public var signatureDigest: String
 
-    public init(idempotencyKey: String, bodyHash: String, deviceId: String, accountId: String, payload: String, pin: String) {
+    public init(
+        idempotencyKey: String, bodyHash: String, deviceId: String, accountId: String, payload: String, pin: String,
+        signatureDigest: String = ""
+    ) {
+        self.signatureDigest = signatureDigest
         self.idempotencyKey = idempotencyKey
         self.bodyHash = bodyHash
         self.deviceId = deviceId
@@ -231,6 +256,7 @@ public struct InstructionSubmit: BusEncodable, Equatable {
         w.write(accountId)
         w.write(payload)
         w.write(pin)
+        w.write(signatureDigest)
     }
 
     public init(from r: inout BusReader) throws(BusDecodeError) {
@@ -240,6 +266,7 @@ public struct InstructionSubmit: BusEncodable, Equatable {
         accountId = try r.readString("account_id", max: 64)
         payload = try r.readString("payload", max: 2048)
         pin = try r.readString("pin", max: 16)
+        signatureDigest = r.isAtEnd ? "" : try r.readString("signature_digest", max: 64)
     }
 }
 
@@ -405,13 +432,17 @@ public struct OutcomePublished: BusEncodable, Equatable {
     public var errorCode: String?
     /// For `payment.succeeded`: the payer's masked alias, for the terminal.
     public var payerAlias: String?
+    /// For `payment.attempt_declined` and `payment.declined`: the request's declined attempts so far
+    /// (appended field: absent in older bodies and outbox rows, read as nil).
+    public var declinedAttempts: Int64?
 
     public init(
         outboxSeq: Int64, eventType: String, requestId: String, status: PaymentRequestStatus, amountMinor: Int64,
         currency: String, reference: String, terminalId: String, deviceId: String?, merchantId: String,
         paymentId: String?, refundId: String?, atMillis: Int64, merchantName: String? = nil, errorCode: String? = nil,
-        payerAlias: String? = nil
+        payerAlias: String? = nil, declinedAttempts: Int64? = nil
     ) {
+        self.declinedAttempts = declinedAttempts
         self.merchantName = merchantName
         self.errorCode = errorCode
         self.payerAlias = payerAlias
@@ -447,6 +478,7 @@ public struct OutcomePublished: BusEncodable, Equatable {
         w.write(merchantName)
         w.write(errorCode)
         w.write(payerAlias)
+        w.write(declinedAttempts)
     }
 
     public init(from r: inout BusReader) throws(BusDecodeError) {
@@ -469,6 +501,7 @@ public struct OutcomePublished: BusEncodable, Equatable {
         merchantName = try r.readOptionalString("merchant_name", max: 400)
         errorCode = try r.readOptionalString("error_code", max: 64)
         payerAlias = try r.readOptionalString("payer_alias", max: 64)
+        declinedAttempts = r.isAtEnd ? nil : try r.readOptionalInt64("declined_attempts")
     }
 }
 

@@ -13,8 +13,11 @@ public func hexString(_ bytes: some Sequence<UInt8>) -> String {
     return String(decoding: out, as: UTF8.self)
 }
 
-/// An enrolled device: its id and Ed25519 key. Signs requests to the phone gateway as the contract says:
-/// `X-Signature` = base64url(Ed25519 over UTF-8 of METHOD "\n" PATH "\n" TIMESTAMP "\n" hex(SHA-256(body)))).
+/// An enrolled device: its id and Ed25519 key. Signs requests to the phone gateway as the contract says,
+/// with its versioned extension (`X-Signature-Version: 2`) that also covers the `Idempotency-Key`:
+/// `X-Signature` = base64url(Ed25519 over UTF-8 of "wipay-sig-2" "\n" METHOD "\n" PATH "\n" TIMESTAMP "\n"
+/// hex(SHA-256(body)) "\n" IDEMPOTENCY-KEY). Version 1 (without the first and last parts) is what
+/// `signingInput(method:path:timestamp:body:)` makes; gateways accept both.
 public struct DeviceIdentity: Sendable {
     public let deviceId: String
     /// The raw 32-byte private key (kept as bytes: Crypto's key type is not `Sendable`).
@@ -46,19 +49,41 @@ public struct DeviceIdentity: Sendable {
         return Array("\(method)\n\(path)\n\(timestamp)\n\(bodyHash)".utf8)
     }
 
-    /// The signature of a request, base64url without padding.
+    /// Version 2 of the signed string: version 1 prefixed with `wipay-sig-2` and followed by the
+    /// `Idempotency-Key` (empty when the request has none).
+    public static func signingInputV2(
+        method: String, path: String, timestamp: Int64, body: [UInt8], idempotencyKey: String?
+    ) -> [UInt8] {
+        let bodyHash = hexString(SHA256.hash(data: body))
+        return Array("wipay-sig-2\n\(method)\n\(path)\n\(timestamp)\n\(bodyHash)\n\(idempotencyKey ?? "")".utf8)
+    }
+
+    /// The version 1 signature of a request, base64url without padding.
     public func signature(method: String, path: String, timestamp: Int64, body: [UInt8]) throws -> String {
         let input = Self.signingInput(method: method, path: path, timestamp: timestamp, body: body)
         return Base64URL.encode(Array(try privateKey.signature(for: input)))
     }
 
-    /// `X-Device-Id`, `X-Timestamp` and `X-Signature` for one request.
+    /// The version 2 signature of a request (covers the `Idempotency-Key`), base64url without padding.
+    public func signatureV2(
+        method: String, path: String, timestamp: Int64, body: [UInt8], idempotencyKey: String?
+    ) throws -> String {
+        let input = Self.signingInputV2(
+            method: method, path: path, timestamp: timestamp, body: body, idempotencyKey: idempotencyKey)
+        return Base64URL.encode(Array(try privateKey.signature(for: input)))
+    }
+
+    /// `X-Device-Id`, `X-Timestamp`, `X-Signature-Version: 2` and `X-Signature` for one request.
     /// - Parameter now: the clock, unix seconds (defaults to the system clock).
-    public func signedHeaders(method: String, path: String, body: [UInt8], now: Int64 = unixNow()) throws -> HTTPHeaders {
+    public func signedHeaders(
+        method: String, path: String, body: [UInt8], idempotencyKey: String? = nil, now: Int64 = unixNow()
+    ) throws -> HTTPHeaders {
         [
             "X-Device-Id": deviceId,
             "X-Timestamp": String(now),
-            "X-Signature": try signature(method: method, path: path, timestamp: now, body: body),
+            "X-Signature-Version": "2",
+            "X-Signature": try signatureV2(
+                method: method, path: path, timestamp: now, body: body, idempotencyKey: idempotencyKey),
         ]
     }
 
@@ -83,7 +108,9 @@ extension HTTPClient {
     ) async throws -> HTTPResponse {
         var headers = headers
         // The gateway checks the signature over the path it receives, which includes our base path.
-        for field in try device.signedHeaders(method: method, path: basePath + path, body: body, now: now) {
+        let signed = try device.signedHeaders(
+            method: method, path: basePath + path, body: body, idempotencyKey: headers["Idempotency-Key"], now: now)
+        for field in signed {
             headers.set(field.name, field.value)
         }
         if !body.isEmpty && !headers.contains("Content-Type") { headers.set("Content-Type", "application/json") }

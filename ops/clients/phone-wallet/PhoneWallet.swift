@@ -232,7 +232,8 @@ struct Pay: AsyncParsableCommand {
             if options.json { print(JSON.object(["status": "not_confirmed", "request_id": .string(payload.requestId)]).text) }
             return Exit.declined
         }
-        guard let thePIN = pin ?? ProcessInfo.processInfo.environment["WIPAY_PIN"] ?? Console.readSecret(prompt: "PIN: ") else {
+        let givenPIN = pin ?? ProcessInfo.processInfo.environment["WIPAY_PIN"]
+        guard var thePIN = givenPIN ?? Console.readSecret(prompt: "PIN: ") else {
             return options.fail("no_pin", "no PIN: pass --pin, set WIPAY_PIN or run on a terminal")
         }
         guard Self.isPIN(thePIN) else { return options.fail("invalid_pin_format", "a PIN is 4 to 6 digits") }
@@ -245,12 +246,24 @@ struct Pay: AsyncParsableCommand {
             return options.fail(errorCode(error), "cannot open the device event stream: \(error)")
         }
         defer { Task { await feed.close() } }
-        let response: HTTPResponse
-        do {
-            response = try await client.pay(payload: payloadText, pin: thePIN, idempotencyKey: IdempotencyKey.random())
-        } catch {
-            return options.fail(errorCode(error), "cannot send the payment instruction: \(error)",
-                extra: ["request_id": .string(payload.requestId)])
+        // A mistyped PIN declines only that attempt: the request stays open, so a shopper who typed the PIN
+        // (not one who passed it with --pin or WIPAY_PIN) is asked again, each try a new instruction with its
+        // own Idempotency-Key. Three wrong in a row lock the wallet (`pin_locked`), so asking more is useless.
+        var response: HTTPResponse
+        var pinTries = 1
+        while true {
+            do {
+                response = try await client.pay(payload: payloadText, pin: thePIN, idempotencyKey: IdempotencyKey.random())
+            } catch {
+                return options.fail(errorCode(error), "cannot send the payment instruction: \(error)",
+                    extra: ["request_id": .string(payload.requestId)])
+            }
+            guard response.status == 422, givenPIN == nil, pinTries < Self.maxPINTries,
+                (try? response.json())?["error"]?["code"]?.string == "incorrect_pin"
+            else { break }
+            guard let again = Console.readSecret(prompt: "Incorrect PIN, try again. PIN: "), Self.isPIN(again) else { break }
+            thePIN = again
+            pinTries += 1
         }
         let body = try? response.json()
         let requestId = payload.requestId
@@ -293,9 +306,10 @@ struct Pay: AsyncParsableCommand {
         if response.status == 422 {
             let code = body?["error"]?["code"]?.string ?? "declined"
             let message = body?["error"]?["message"]?.string ?? ""
-            // Declines by the ledger end the request: its notice follows. Others (already paid…) change nothing.
-            let endsRequest: Set<String> = ["insufficient_funds", "incorrect_pin", "pin_locked", "currency_mismatch"]
-            let notice = endsRequest.contains(code)
+            // A decline of this attempt by the ledger is also told on the device's stream (the request itself
+            // stays open: the shopper may try again). Others (already paid…) change nothing and send no notice.
+            let attemptDeclines: Set<String> = ["insufficient_funds", "incorrect_pin", "pin_locked", "currency_mismatch"]
+            let notice = attemptDeclines.contains(code)
                 ? await feed.next(timeout: .seconds(min(timeout, 10)), where: matching("payment.declined")) : nil
             if options.json {
                 print(JSON.object([
@@ -313,6 +327,9 @@ struct Pay: AsyncParsableCommand {
         let apiError = APIError(response: response)
         return options.fail(apiError.code, "the gateway refused the instruction: \(apiError)", extra: ["request_id": .string(requestId)])
     }
+
+    /// PIN entries per `pay` run (the ledger locks the wallet after three wrong PINs in a row).
+    static let maxPINTries = 3
 
     static func isPIN(_ text: String) -> Bool {
         (4...6).contains(text.utf8.count) && text.utf8.allSatisfy { $0 >= 0x30 && $0 <= 0x39 }

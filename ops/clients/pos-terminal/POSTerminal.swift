@@ -218,6 +218,13 @@ struct Charge: AsyncParsableCommand {
                 let type = data["type"]?.string ?? event.event
                 return type.hasPrefix("payment.")
             }
+            if let event, let data = event.json, (data["type"]?.string ?? event.event) == "payment.attempt_declined" {
+                // The shopper may type the PIN again, top up, or pay with another phone: keep waiting.
+                let code = data["error"]?["code"]?.string ?? "declined"
+                let attempts = data["declined_attempts"]?.int64.map { " (declined attempts: \($0))" } ?? ""
+                say("Attempt declined: \(code)\(attempts); the request is still open")
+                continue
+            }
             if let event, let data = event.json {
                 var state = FinalState(
                     requestId: requestId,

@@ -16,8 +16,12 @@ public final class Notifier: Sendable {
     /// What every terminal hears; a device hears `deviceEventTypes`.
     public static let eventTypes: Set<String> = [
         "payment.succeeded", "payment.declined", "payment.expired", "payment.canceled", "refund.succeeded",
+        attemptDeclined,
     ]
-    public static let deviceEventTypes: Set<String> = ["payment.succeeded", "payment.declined", "refund.succeeded"]
+    /// The outcomes a paying device hears of (an attempt decline as its own `payment.declined`).
+    public static let deviceEventTypes: Set<String> = ["payment.succeeded", "payment.declined", "refund.succeeded", attemptDeclined]
+    /// A declined attempt that left the request pending: the terminal hears it under this type.
+    public static let attemptDeclined = "payment.attempt_declined"
 
     let pool: PGPool
     let logger: Logger
@@ -80,15 +84,25 @@ public final class Notifier: Sendable {
         let recipient: String
         let topic: String
         let forTerminal: Bool
+        /// The notice's type and status: the outcome's, except that the device whose attempt was declined
+        /// hears `payment.declined` with status `declined` (its payment), while the request stays pending.
+        let eventType: String
+        let status: PaymentRequestStatus
     }
 
     /// Who hears about `outcome`: the terminal always, the device for the event types a payer cares about.
     static func recipients(_ outcome: OutcomePublished) -> [Planned] {
         var out = [
-            Planned(recipient: "pos:\(outcome.terminalId)", topic: "notice.pos.\(outcome.terminalId)", forTerminal: true)
+            Planned(
+                recipient: "pos:\(outcome.terminalId)", topic: "notice.pos.\(outcome.terminalId)", forTerminal: true,
+                eventType: outcome.eventType, status: outcome.status)
         ]
         if let device = outcome.deviceId, !device.isEmpty, deviceEventTypes.contains(outcome.eventType) {
-            out.append(Planned(recipient: "dev:\(device)", topic: "notice.dev.\(device)", forTerminal: false))
+            let attempt = outcome.eventType == attemptDeclined
+            out.append(
+                Planned(
+                    recipient: "dev:\(device)", topic: "notice.dev.\(device)", forTerminal: false,
+                    eventType: attempt ? "payment.declined" : outcome.eventType, status: attempt ? .declined : outcome.status))
         }
         // One lock order for every transaction (sorted recipients), so two deliveries never deadlock.
         return out.sorted { $0.recipient < $1.recipient }
@@ -194,8 +208,10 @@ public final class Notifier: Sendable {
                     guard let seq = next[plan.recipient] else { continue }
                     next[plan.recipient] = seq + 1
                     let notice = NoticeDelivered(
-                        recipient: plan.recipient, seq: seq, eventType: outcome.eventType,
-                        dataJSON: NoticeData.json(outcome, seq: seq, forTerminal: plan.forTerminal), atMillis: outcome.atMillis)
+                        recipient: plan.recipient, seq: seq, eventType: plan.eventType,
+                        dataJSON: NoticeData.json(
+                            outcome, seq: seq, forTerminal: plan.forTerminal, eventType: plan.eventType, status: plan.status),
+                        atMillis: outcome.atMillis)
                     out.append(Stored(topic: plan.topic, notice: notice, outboxSeq: outcome.outboxSeq))
                 }
                 try db.query(
@@ -266,7 +282,10 @@ public final class Notifier: Sendable {
 
 /// The SSE `data:` JSON of a notice (snake_case keys), written by hand: small, fixed and hot.
 enum NoticeData {
-    static func json(_ o: OutcomePublished, seq: Int64, forTerminal: Bool) -> String {
+    static func json(
+        _ o: OutcomePublished, seq: Int64, forTerminal: Bool, eventType: String? = nil, status: PaymentRequestStatus? = nil
+    ) -> String {
+        let eventType = eventType ?? o.eventType
         var out = "{"
         func key(_ name: String) {
             if out.count > 1 { out += "," }
@@ -277,9 +296,9 @@ enum NoticeData {
             escape(value, into: &out)
         }
         string("event_id", String(seq))
-        string("type", o.eventType)
+        string("type", eventType)
         string("request_id", o.requestId)
-        string("status", o.status.name)
+        string("status", (status ?? o.status).name)
         key("amount")
         out += String(o.amountMinor)
         string("currency", o.currency)
@@ -292,11 +311,15 @@ enum NoticeData {
         out += ",\"name\":"
         escape(o.merchantName ?? "", into: &out)
         out += "}"
-        if o.eventType == "payment.declined" {
+        if eventType == "payment.declined" || eventType == Notifier.attemptDeclined {
             key("error")
             out += "{\"code\":"
             escape(o.errorCode ?? "declined", into: &out)
             out += "}"
+        }
+        if let attempts = o.declinedAttempts {
+            key("declined_attempts")
+            out += String(attempts)
         }
         if forTerminal, let payer = o.payerAlias { string("payer", payer) }
         string("at", rfc3339(millis: o.atMillis))

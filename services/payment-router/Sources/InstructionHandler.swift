@@ -9,8 +9,14 @@ import WiPayPayload
 /// `declined` (422) + `InstructionResult(declined, errorCode, errorMessage)` — a repeat of a decline answers
 /// the same; other refusals are `ErrorBody`s (400, 403, 404, 409 `idempotency_key_reused`, 503).
 extension PaymentRouter {
-    /// Ledger declines that make the request `declined` (the terminal starts a new one).
-    static let requestDecliningCodes: Set<String> = ["insufficient_funds", "incorrect_pin", "pin_locked", "currency_mismatch"]
+    /// Ledger declines of one *attempt*: no money moved, the request stays `pending` (payable by the same
+    /// or another phone) until `maxDeclinedAttempts` attempts were declined.
+    static let attemptDecliningCodes: Set<String> = ["insufficient_funds", "incorrect_pin", "pin_locked", "currency_mismatch"]
+
+    /// 64 lowercase hex digits.
+    static func isHexDigest(_ text: String) -> Bool {
+        text.utf8.count == 64 && text.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    }
 
     func submitInstruction(_ submit: InstructionSubmit) async throws -> BusReply {
         let key = try RouterLimits.checkIdempotencyKey(submit.idempotencyKey)
@@ -25,17 +31,49 @@ extension PaymentRouter {
             try payloads.verify(submit.payload, nowSeconds: now / 1000)
         }
         let payloadRequestId = (try? verified.get())?.requestId ?? ""
+        let digest = submit.signatureDigest
+        guard digest.isEmpty || Self.isHexDigest(digest) else {
+            throw RouterError.invalid("bad_request", "signature_digest must be a lowercase hex SHA-256")
+        }
+        // The signature is remembered (shared by every gateway and router instance, kept across restarts)
+        // in the same statement: one round trip. The outer query's snapshot cannot see a row a racing
+        // statement inserted, so a conflict that found nothing is read again below.
         let found = try await db.query(
             """
-            SELECT i.body_hash, i.status, encode(i.result, 'hex'), d.account_id, w.name, \(RequestRow.columns)
+            WITH sig AS (
+                INSERT INTO router.signatures (digest, device_id, idem_key, body_hash, at)
+                SELECT $4, $1, $2, $5, $6::bigint WHERE $4 <> '' ON CONFLICT (digest) DO NOTHING RETURNING digest)
+            SELECT i.body_hash, i.status, encode(i.result, 'hex'), d.account_id, w.name, \(RequestRow.columns),
+                (SELECT count(*) FROM sig), s.device_id, s.idem_key, s.body_hash
             FROM (SELECT 1) AS one
             LEFT JOIN router.instructions i ON i.device_id = $1 AND i.idem_key = $2
             LEFT JOIN (router.devices d JOIN router.wallets w ON w.account_id = d.account_id) ON d.id = $1
             LEFT JOIN (router.requests r JOIN router.merchants m ON m.id = r.merchant_id) ON r.id = $3
+            LEFT JOIN router.signatures s ON s.digest = $4 AND $4 <> ''
             """,
-            [submit.deviceId, key, RouterLimits.isPlausibleId(payloadRequestId) ? payloadRequestId : ""])
+            [
+                submit.deviceId, key, RouterLimits.isPlausibleId(payloadRequestId) ? payloadRequestId : "", digest,
+                submit.bodyHash, String(now),
+            ])
         guard found.count == 1 else { throw RouterError.corrupt("instruction lookup") }
         let columns = found.rows[0]
+        if !digest.isEmpty {
+            let tail = Array(columns.suffix(4))
+            var seen: (device: String?, key: String?, bodyHash: String?) = (tail[1], tail[2], tail[3])
+            if tail[0] == "0", seen.device == nil {
+                // Inserted by a statement that raced this one: read it now that it has committed.
+                let again = try await db.query(
+                    "SELECT device_id, idem_key, body_hash FROM router.signatures WHERE digest = $1", [digest])
+                if again.count == 1 { seen = (again.string(0, 0), again.string(0, 1), again.string(0, 2)) }
+            }
+            if tail[0] == "0", seen.device != submit.deviceId || seen.key != key || seen.bodyHash != submit.bodyHash {
+                logger.warning(
+                    "device signature replayed with another request",
+                    metadata: ["device.id": "\(submit.deviceId)", "request.id": "\(payloadRequestId)"])
+                metrics.outcome("signature_replayed")
+                throw RouterError(RouterError.unauthorized, "signature_replayed", "this signature was already used for another request")
+            }
+        }
         // 1. The same (device, key) again: the stored answer, or a conflict for another body.
         if let storedHash = columns[0] {
             guard storedHash == submit.bodyHash else { throw RouterError.idempotencyKeyReused }
@@ -104,7 +142,7 @@ extension PaymentRouter {
                 throw RouterError.corrupt("request vanished")
             }
             let at = unixMillis()
-            var machine = row.machine
+            var machine = row.machine(settings)
             var writes = RouterWrites()
             var stored = instruction
             switch machine.instruction(nowMillis: at) {
@@ -163,17 +201,43 @@ extension PaymentRouter {
                 writes.trace = [TraceRow(requestId: row.id, stage: TraceRow.ledger, event: "ledger.posted", detail: transferId)]
                 try await lease.write(writes, nowMillis: at, commit: true)
                 return (Self.reply(stored), "succeeded")
-            case .refused(let status, let error) where status == .declined && Self.requestDecliningCodes.contains(error.code):
-                try machine.decline()
+            case .refused(let status, let error) where status == .declined && Self.attemptDecliningCodes.contains(error.code):
+                // The attempt is declined (the phone gets the 422); the request stays payable unless that was
+                // its last allowed attempt.
+                let attempt = try machine.declineAttempt()
+                let attempts = Int64(machine.declinedAttempts)
                 stored.status = .declined
                 stored.result.status = .declined
                 stored.result.errorCode = error.code
                 stored.result.errorMessage = error.message
                 writes.instruction = stored
-                writes.change = RequestChange(
-                    requestId: row.id, status: .declined, deviceId: submit.deviceId, declineCode: error.code)
-                writes.outbox = [row.outcome(.declined, atMillis: at, deviceId: submit.deviceId, errorCode: error.code)]
-                writes.trace = [TraceRow(requestId: row.id, stage: TraceRow.ledger, event: "ledger.declined", detail: error.code)]
+                // The terminal hears `payment.attempt_declined` (no payer data); the device its own decline.
+                writes.outbox = [
+                    row.outcome(
+                        .pending, atMillis: at, deviceId: submit.deviceId, errorCode: error.code,
+                        eventType: RequestStateMachine.attemptDeclinedEvent, declinedAttempts: attempts)
+                ]
+                let detail = "\(error.code) (attempt \(attempts) of \(machine.maxDeclinedAttempts))"
+                writes.trace = [TraceRow(requestId: row.id, stage: TraceRow.ledger, event: "ledger.declined", detail: detail)]
+                switch attempt {
+                case .stillPending:
+                    writes.change = RequestChange(requestId: row.id, status: nil, declinedAttempt: true)
+                case .exhausted:
+                    writes.change = RequestChange(
+                        requestId: row.id, status: .declined, deviceId: submit.deviceId,
+                        declineCode: RequestStateMachine.attemptsExhausted, declinedAttempt: true)
+                    writes.outbox.append(
+                        row.outcome(
+                            .declined, atMillis: at, deviceId: nil, errorCode: RequestStateMachine.attemptsExhausted,
+                            declinedAttempts: attempts))
+                    writes.trace.append(
+                        TraceRow(
+                            requestId: row.id, stage: TraceRow.router, event: "declined",
+                            detail: "\(RequestStateMachine.attemptsExhausted) after \(attempts) declined attempts"))
+                    logger.info(
+                        "payment request declined: attempts exhausted",
+                        metadata: ["request.id": "\(row.id)", "declined.attempts": "\(attempts)"])
+                }
                 try await lease.write(writes, nowMillis: at, commit: true)
                 return (Self.reply(stored), error.code)
             case .refused(_, let error) where error.code == "request_already_paid":
@@ -196,7 +260,7 @@ extension PaymentRouter {
             }
         }
         metrics.outcome(outcome)
-        if outcome == "succeeded" || Self.requestDecliningCodes.contains(outcome) || outcome == "request_expired"
+        if outcome == "succeeded" || Self.attemptDecliningCodes.contains(outcome) || outcome == "request_expired"
             || outcome == "request_already_paid"
         {
             outboxBell.ring()
@@ -228,7 +292,7 @@ extension PaymentRouter {
     func recordFoundPayment(
         _ record: PaymentRecord, row: RequestRow, lease: RouterDatabase.Lease, atMillis: Int64, how: String
     ) async throws -> RouterWrites {
-        var machine = row.machine
+        var machine = row.machine(settings)
         try machine.succeed()
         let payer = try await lease.query(
             """

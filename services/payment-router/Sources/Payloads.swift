@@ -83,6 +83,9 @@ extension Setting {
     public static let routerPoolSize = Setting(
         "WIPAY_ROUTER_DB_POOL", flag: "router-db-pool", default: "16",
         "payment-router: PostgreSQL connections (1...256); an instruction holds one while the ledger answers.")
+    public static let maxDeclinedAttempts = Setting(
+        "WIPAY_MAX_DECLINED_ATTEMPTS", flag: "max-declined-attempts", default: "5",
+        "payment-router: declined instruction attempts (wrong PIN, insufficient funds, locked wallet, other currency) a request takes before it is final declined (1...100).")
 }
 
 /// The router's own settings (the common ones are in `RuntimeConfig`).
@@ -92,11 +95,16 @@ public struct RouterSettings: Sendable {
     public var poolSize: Int
     /// A request with an attempt younger than this is not expired yet: its ledger call may still land.
     public var attemptGrace: Duration
+    /// Declined attempts a request takes before it is final `declined` (`attempts_exhausted`).
+    public var maxDeclinedAttempts: Int
 
     public init(
         sweepInterval: Duration = .seconds(1), outboxInterval: Duration = .milliseconds(200), poolSize: Int = 16,
-        attemptGrace: Duration = .seconds(10)
+        attemptGrace: Duration = .seconds(10), maxDeclinedAttempts: Int = RequestStateMachine.defaultMaxDeclinedAttempts
     ) {
+        self.maxDeclinedAttempts = min(
+            max(maxDeclinedAttempts, RequestStateMachine.maxDeclinedAttemptsRange.lowerBound),
+            RequestStateMachine.maxDeclinedAttemptsRange.upperBound)
         self.sweepInterval = sweepInterval
         self.outboxInterval = outboxInterval
         self.poolSize = poolSize
@@ -107,6 +115,7 @@ public struct RouterSettings: Sendable {
         RouterSettings(
             sweepInterval: .milliseconds(try values.int(.sweepIntervalMillis, range: 50...60_000)),
             outboxInterval: .milliseconds(try values.int(.outboxIntervalMillis, range: 10...60_000)),
-            poolSize: try values.int(.routerPoolSize, range: 1...256))
+            poolSize: try values.int(.routerPoolSize, range: 1...256),
+            maxDeclinedAttempts: try values.int(.maxDeclinedAttempts, range: RequestStateMachine.maxDeclinedAttemptsRange))
     }
 }

@@ -19,6 +19,10 @@ public final class PaymentRouter: Sendable {
     /// Rung after a commit that inserted outbox rows: the relay delivers them at once.
     let outboxBell = Doorbell()
 
+    /// How long a device signature is remembered: past twice the gateways' ±300 s window it is refused
+    /// as stale anyway.
+    static let signatureMemoryMillis: Int64 = 600_000
+
     static let ledgerService = "ledger"
     static let notifierService = "notifier"
 
@@ -110,6 +114,7 @@ struct RouterError: Error, Sendable, CustomStringConvertible {
     var description: String { "\(code) (\(status)): \(message)" }
 
     static let forbidden = Status(rawValue: 403)
+    static let unauthorized = Status(rawValue: 401)
 
     static func invalid(_ code: String, _ message: String) -> RouterError { RouterError(.badRequest, code, message) }
     static func notFound(_ code: String, _ message: String) -> RouterError { RouterError(.notFound, code, message) }

@@ -23,12 +23,14 @@ struct RequestRow: Sendable {
     var deviceId: String?
     var cancelKey: String?
     var bodyHash: String
+    var declinedAttempts: Int
+    var declineCode: String?
 
     /// The columns `init(row:)` reads, in order; use with `from`.
     static let columns = """
         r.id, r.status, r.amount, r.currency, r.reference, r.description, r.merchant_id, m.name, r.terminal_id,
         r.created_at, r.expires_at, r.payload, r.payment_id, r.posted_at, r.payer_alias, m.account_id,
-        r.payer_account_id, r.device_id, r.cancel_key, r.body_hash
+        r.payer_account_id, r.device_id, r.cancel_key, r.body_hash, r.declined_attempts, r.decline_code
         """
     static let from = "router.requests r JOIN router.merchants m ON m.id = r.merchant_id"
 
@@ -63,9 +65,15 @@ struct RequestRow: Sendable {
         deviceId = optional(17)
         cancelKey = optional(18)
         bodyHash = try text(19)
+        declinedAttempts = Int(try int(20))
+        declineCode = optional(21)
     }
 
-    var machine: RequestStateMachine { RequestStateMachine(status: status, expiresAtMillis: expiresAtMillis) }
+    func machine(_ settings: RouterSettings) -> RequestStateMachine {
+        RequestStateMachine(
+            status: status, expiresAtMillis: expiresAtMillis, declinedAttempts: declinedAttempts,
+            maxDeclinedAttempts: settings.maxDeclinedAttempts)
+    }
 
     var info: PaymentRequestInfo {
         PaymentRequestInfo(
@@ -73,19 +81,20 @@ struct RequestRow: Sendable {
             description: description, merchantId: merchantId, merchantName: merchantName, terminalId: terminalId,
             createdAtMillis: createdAtMillis, expiresAtMillis: expiresAtMillis, payload: payload,
             paymentId: status == .succeeded ? paymentId : nil, postedAtMillis: status == .succeeded ? postedAtMillis : nil,
-            payerAlias: status == .succeeded ? payerAlias : nil)
+            payerAlias: status == .succeeded ? payerAlias : nil, declinedAttempts: Int64(declinedAttempts),
+            declineCode: status == .declined ? declineCode : nil)
     }
 
     /// The outbox body for this request reaching `status` (its `outboxSeq` is filled in on delivery).
     func outcome(
         _ status: PaymentRequestStatus, atMillis: Int64, deviceId: String?, paymentId: String? = nil,
-        errorCode: String? = nil, payerAlias: String? = nil
+        errorCode: String? = nil, payerAlias: String? = nil, eventType: String? = nil, declinedAttempts: Int64? = nil
     ) -> OutcomePublished {
         OutcomePublished(
-            outboxSeq: 0, eventType: RequestStateMachine.eventType(status) ?? "payment.\(status.name)", requestId: id,
+            outboxSeq: 0, eventType: eventType ?? RequestStateMachine.eventType(status) ?? "payment.\(status.name)", requestId: id,
             status: status, amountMinor: amountMinor, currency: currency, reference: reference, terminalId: terminalId,
             deviceId: deviceId, merchantId: merchantId, paymentId: paymentId, refundId: nil, atMillis: atMillis,
-            merchantName: merchantName, errorCode: errorCode, payerAlias: payerAlias)
+            merchantName: merchantName, errorCode: errorCode, payerAlias: payerAlias, declinedAttempts: declinedAttempts)
     }
 }
 
@@ -95,10 +104,10 @@ extension RouterError {
     }
 }
 
-/// A request's move to a final state, as written.
+/// A request's move to a final state, or (`status` nil) a declined attempt that leaves it pending, as written.
 struct RequestChange: Sendable {
     var requestId: String
-    var status: PaymentRequestStatus
+    var status: PaymentRequestStatus?
     var paymentId: String? = nil
     var postedAtMillis: Int64? = nil
     var payerAccountId: String? = nil
@@ -106,6 +115,8 @@ struct RequestChange: Sendable {
     var payerAlias: String? = nil
     var declineCode: String? = nil
     var cancelKey: String? = nil
+    /// One more declined attempt (counted in `declined_attempts`).
+    var declinedAttempt = false
 }
 
 /// An instruction's stored answer.
@@ -151,12 +162,13 @@ struct RouterWrites: Sendable {
         if let c = change {
             parts.append(
                 """
-                UPDATE router.requests SET status = \(p(String(c.status.rawValue))),
+                UPDATE router.requests SET status = coalesce(\(p(c.status.map { String($0.rawValue) }))::smallint, status),
+                    declined_attempts = declined_attempts + \(p(c.declinedAttempt ? "1" : "0"))::int,
                     payment_id = coalesce(\(p(c.paymentId)), payment_id), posted_at = coalesce(\(p(c.postedAtMillis.map(String.init)))::bigint, posted_at),
                     payer_account_id = coalesce(\(p(c.payerAccountId)), payer_account_id),
                     device_id = coalesce(\(p(c.deviceId)), device_id), payer_alias = coalesce(\(p(c.payerAlias)), payer_alias),
                     decline_code = coalesce(\(p(c.declineCode)), decline_code), cancel_key = coalesce(\(p(c.cancelKey)), cancel_key),
-                    final_at = \(now)::bigint
+                    final_at = CASE WHEN \(p(c.status == nil ? nil : "final"))::text IS NULL THEN final_at ELSE \(now)::bigint END
                 WHERE id = \(p(c.requestId))
                 """)
         }

@@ -117,7 +117,7 @@ extension PaymentRouter {
                 throw Self.requestNotFound(ref.requestId)
             }
             if row.status == .canceled && row.cancelKey == key { return (.ok(row.info, status: .exists), false) }
-            var machine = row.machine
+            var machine = row.machine(settings)
             let outcome: RequestStateMachine.CancelOutcome
             do throws(RequestStateMachine.Refusal) {
                 outcome = try machine.cancel(nowMillis: now)

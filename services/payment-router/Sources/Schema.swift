@@ -134,7 +134,28 @@ public enum RouterSchema {
             );
             CREATE INDEX trace_request ON router.trace (request_id, id);
             """
-        )
+        ),
+        (
+            2,
+            """
+            -- A declined attempt leaves the request pending; this many were declined so far
+            -- (WIPAY_MAX_DECLINED_ATTEMPTS of them make it final declined, decline_code attempts_exhausted).
+            ALTER TABLE router.requests ADD COLUMN declined_attempts integer NOT NULL DEFAULT 0
+                CHECK (declined_attempts >= 0);
+
+            -- Device signatures of payment instructions seen in the replay window, shared by every
+            -- phone-gateway instance and kept across restarts: the same signature again is a resend
+            -- (answered with the first result) only with the same device, Idempotency-Key and body.
+            CREATE TABLE router.signatures (
+                digest    text PRIMARY KEY,               -- lowercase hex SHA-256 of the raw signature
+                device_id text NOT NULL,
+                idem_key  text NOT NULL,
+                body_hash text NOT NULL,
+                at        bigint NOT NULL
+            );
+            CREATE INDEX signatures_at ON router.signatures (at);
+            """
+        ),
     ]
 
     /// Creates the schema and applies every migration not applied yet, in one transaction.

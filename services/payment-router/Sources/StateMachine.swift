@@ -3,14 +3,34 @@ import WiPayBus
 /// A payment request's state machine: `pending → succeeded | declined | expired | canceled`, every other
 /// move refused with a reason. A plain value, no I/O: the handlers load it from the locked row, ask it,
 /// and write what it decided (see docs/payment-flow.md, "The router's state machine").
+///
+/// A declined *attempt* (wrong PIN, not enough money, a locked wallet, another currency) leaves the
+/// request `pending`, payable by the same or another phone, until `maxDeclinedAttempts` attempts have
+/// been declined: then it is final `declined` (`attempts_exhausted`).
 public struct RequestStateMachine: Sendable, Equatable {
+    /// The default limit of declined attempts per request (`WIPAY_MAX_DECLINED_ATTEMPTS`).
+    public static let defaultMaxDeclinedAttempts = 5
+    /// The bounds an operator may set the limit within.
+    public static let maxDeclinedAttemptsRange = 1...100
+
     public private(set) var status: PaymentRequestStatus
     public let expiresAtMillis: Int64
+    public private(set) var declinedAttempts: Int
+    public let maxDeclinedAttempts: Int
 
-    public init(status: PaymentRequestStatus, expiresAtMillis: Int64) {
+    public init(
+        status: PaymentRequestStatus, expiresAtMillis: Int64, declinedAttempts: Int = 0,
+        maxDeclinedAttempts: Int = RequestStateMachine.defaultMaxDeclinedAttempts
+    ) {
+        precondition(Self.maxDeclinedAttemptsRange.contains(maxDeclinedAttempts), "the attempt limit is validated at start")
         self.status = status
         self.expiresAtMillis = expiresAtMillis
+        self.declinedAttempts = max(0, declinedAttempts)
+        self.maxDeclinedAttempts = maxDeclinedAttempts
     }
+
+    /// The decline code of a request made final by its declined attempts.
+    public static let attemptsExhausted = "attempts_exhausted"
 
     /// Why a move was refused: the request is already final.
     public struct Refusal: Error, Sendable, Equatable {
@@ -32,7 +52,7 @@ public struct RequestStateMachine: Sendable, Equatable {
         public var message: String {
             switch status {
             case .succeeded: "this payment request has already been paid"
-            case .declined: "this payment request was declined; the terminal starts a new one"
+            case .declined: "this payment request was declined after too many declined attempts; the terminal starts a new one"
             case .expired: "this payment request has expired"
             case .canceled: "this payment request was canceled"
             case .pending: "this payment request is still pending"
@@ -67,10 +87,24 @@ public struct RequestStateMachine: Sendable, Equatable {
         status = .succeeded
     }
 
-    /// The ledger refused the payment by a business rule.
-    public mutating func decline() throws(Refusal) {
+    /// What a declined attempt did to the request.
+    public enum AttemptOutcome: Sendable, Equatable {
+        /// The request stays `pending`; `declinedAttempts` attempts have been declined so far.
+        case stillPending(declinedAttempts: Int)
+        /// That was the last allowed attempt: the request is final `declined` (`attempts_exhausted`).
+        case exhausted(declinedAttempts: Int)
+    }
+
+    /// The ledger refused one attempt by a business rule: no money moved. The request stays payable
+    /// until the limit of declined attempts is used up.
+    public mutating func declineAttempt() throws(Refusal) -> AttemptOutcome {
         guard status == .pending else { throw Refusal(status: status) }
-        status = .declined
+        declinedAttempts += 1
+        if declinedAttempts >= maxDeclinedAttempts {
+            status = .declined
+            return .exhausted(declinedAttempts: declinedAttempts)
+        }
+        return .stillPending(declinedAttempts: declinedAttempts)
     }
 
     /// What a cancel did.
@@ -96,6 +130,10 @@ public struct RequestStateMachine: Sendable, Equatable {
         guard isDue(nowMillis: nowMillis) else { throw Refusal(status: .pending) }
         status = .expired
     }
+
+    /// The outbox event of a declined attempt that left the request pending (the terminal hears it; the
+    /// attempting device hears it as its own `payment.declined`).
+    public static let attemptDeclinedEvent = "payment.attempt_declined"
 
     /// The outbox event a final status is told by.
     public static func eventType(_ status: PaymentRequestStatus) -> String? {

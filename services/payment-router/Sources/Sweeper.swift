@@ -11,13 +11,25 @@ public struct Sweeper: Service {
     let router: PaymentRouter
     let batch: Int
 
+    /// How often seen device signatures older than the replay memory are deleted.
+    static let signaturePurgeInterval: Duration = .seconds(30)
+
     public func run() async throws {
+        var lastPurge = ContinuousClock.now - Self.signaturePurgeInterval
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             var full = false
             do {
                 full = try await router.sweepOnce(limit: batch) >= batch
             } catch {
                 router.logger.warning("sweep failed", metadata: ["error": "\(error)"])
+            }
+            if ContinuousClock.now - lastPurge >= Self.signaturePurgeInterval {
+                lastPurge = .now
+                do {
+                    try await router.purgeSignatures()
+                } catch {
+                    router.logger.warning("signature purge failed", metadata: ["error": "\(error)"])
+                }
             }
             if !full { try? await Task.sleep(for: router.settings.sweepInterval) }
         }
@@ -26,6 +38,12 @@ public struct Sweeper: Service {
 
 extension PaymentRouter {
     public func sweeper(batch: Int = 100) -> Sweeper { Sweeper(router: self, batch: max(1, batch)) }
+
+    /// Forgets device signatures past the replay memory (they are refused as stale by every gateway by then).
+    func purgeSignatures() async throws {
+        let cutoff = unixMillis() - Self.signatureMemoryMillis
+        try await db.query("DELETE FROM router.signatures WHERE at < $1", [String(cutoff)])
+    }
 
     /// One batch; returns how many due requests it looked at.
     @discardableResult
@@ -63,7 +81,7 @@ extension PaymentRouter {
                         continue
                     }
                 }
-                var machine = row.machine
+                var machine = row.machine(settings)
                 try machine.expire(nowMillis: now)
                 writes.change = RequestChange(requestId: row.id, status: .expired)
                 writes.outbox = [row.outcome(.expired, atMillis: now, deviceId: nil)]
