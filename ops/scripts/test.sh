@@ -22,6 +22,18 @@ PG_SH=(bash "$REPO_ROOT/ops/scripts/pg.sh")
 
 bash "$REPO_ROOT/ops/scripts/deps.sh"
 
+# Schemathesis (Tests/EndToEndTests/SchemathesisE2ETests.swift runs it against both gateways). Under CI a
+# missing tool is an error; elsewhere that one test is skipped with a warning.
+if [[ -z "${WIPAY_SCHEMATHESIS:-}" ]]; then
+    if WIPAY_SCHEMATHESIS="$(bash "$REPO_ROOT/ops/scripts/schemathesis.sh")"; then
+        export WIPAY_SCHEMATHESIS
+    elif [[ "${CI:-}" == "true" ]]; then
+        die "could not install Schemathesis (ops/scripts/schemathesis.sh)"
+    else
+        printf '%s: warning: Schemathesis is not available; its end-to-end test is skipped\n' "$prog" >&2
+    fi
+fi
+
 read -r -a extra_args <<<"${TEST_ARGS:-}"
 extra_args+=("$@")
 

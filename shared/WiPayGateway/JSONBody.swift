@@ -85,13 +85,15 @@ public enum Validate {
         return value
     }
 
-    /// A string of `range` characters (Unicode characters, not bytes) with no control characters.
+    /// A string of `range` characters (Unicode code points, as JSON Schema's `maxLength` counts them; not
+    /// bytes) with no control characters.
     public static func text(_ key: String, _ value: String, characters range: ClosedRange<Int>) throws(GatewayError) -> String {
-        let count = value.count
+        let count = value.unicodeScalars.count
         guard range.contains(count) else {
             throw GatewayError.invalidField(key, "must be \(range.lowerBound) to \(range.upperBound) characters")
         }
-        guard !value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+        // C0 and C1 control characters (U+0000–U+001F, U+007F–U+009F), as the payment-router refuses them too.
+        guard !value.unicodeScalars.contains(where: { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) }) else {
             throw GatewayError.invalidField(key, "must not contain control characters")
         }
         return value
