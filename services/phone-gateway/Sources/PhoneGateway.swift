@@ -23,17 +23,22 @@ public final class PhoneGateway: Sendable {
     let verifier = SignatureVerifier()
     /// device id → device (30 s).
     let devices = TTLCache<String, Device>(capacity: 100_000, ttl: .seconds(30))
+    /// Requests per device and, for enrollments and credentials that fail, per client address (none when nil).
+    let limits: GatewayRateLimits
 
-    public init(caller: StageCaller, hub: NoticeHub, logger: Logger) {
+    public init(caller: StageCaller, hub: NoticeHub, logger: Logger, limits: GatewayRateLimits? = nil) {
         self.caller = caller
         self.hub = hub
         self.logger = logger
+        self.limits = limits ?? .disabled(logger: logger)
     }
 
     // MARK: routes
 
     public func addRoutes(to router: Router<BasicRequestContext>, service: String) {
-        router.addGatewayBasics(service: service)
+        router.addGatewayBasics(service: service, api: .phone)
+        // After the basics: /openapi.yaml is never limited. Enrollment is limited per client address.
+        router.add(middleware: limits.middleware(unauthenticated: ["POST /v1/devices"]))
         router.post("v1/devices") { request, _ in
             await GatewayResponse.handle { try await self.enroll(request) }
         }
@@ -92,6 +97,12 @@ public final class PhoneGateway: Sendable {
     /// Checks the device signature of `request` and returns the device and the raw body (read once,
     /// with the size limit). Never logs the signature.
     func authenticate(_ request: Request) async throws(GatewayError) -> (Device, [UInt8]) {
+        let (device, body, _) = try await authenticateSigned(request)
+        return (device, body)
+    }
+
+    /// `authenticate`, also returning what the router needs to tell a resend from a replay.
+    func authenticateSigned(_ request: Request) async throws(GatewayError) -> (Device, [UInt8], VerifiedSignature) {
         guard let deviceId = request.headers[Self.deviceIdHeader], let timestamp = request.headers[Self.timestampHeader],
             let signature = request.headers[Self.signatureHeader]
         else {
@@ -104,14 +115,26 @@ public final class PhoneGateway: Sendable {
         let device = try await lookup(deviceId)
         let body = try await GatewayRequest.body(request)
         let path = request.head.path ?? request.uri.description
-        if let error = verifier.verify(
+        guard let version = DeviceSignature.Version(header: request.headers[DeviceSignature.versionHeader]) else {
+            throw GatewayError(.unauthorized, "invalid_signature", "X-Signature-Version must be 1 or 2")
+        }
+        switch verifier.check(
             publicKey: device.info.publicKey, method: request.method.rawValue, path: path, timestamp: timestamp, signature: signature,
-            body: body)
+            body: body, version: version, idempotencyKey: request.headers[GatewayResponse.idempotencyKey])
         {
+        case .success(let verified):
+            try admit(device)
+            return (device, body, verified)
+        case .failure(let error):
             logger.info("device signature refused", metadata: ["device.id": "\(deviceId)", "code": "\(error.code)"])
             throw error
         }
-        return (device, body)
+    }
+
+    /// The device's rate limit, once its signature is verified (so forged calls cannot spend another device's
+    /// tokens): 429 `rate_limited` (nothing done) when it is spent.
+    func admit(_ device: Device) throws(GatewayError) {
+        try limits.admit(.device, device.info.deviceId)
     }
 
     func lookup(_ deviceId: String) async throws(GatewayError) -> Device {
@@ -140,7 +163,7 @@ public final class PhoneGateway: Sendable {
     }
 
     func instruct(_ request: Request) async throws(GatewayError) -> Response {
-        let (device, bytes) = try await authenticate(request)
+        let (device, bytes, signed) = try await authenticateSigned(request)
         let key = try GatewayRequest.idempotencyKey(request)
         let body = try JSONBody.parse(bytes, allowed: ["payload", "pin"])
         let payload = try body.string("payload")
@@ -153,7 +176,7 @@ public final class PhoneGateway: Sendable {
             .instructionSubmit,
             InstructionSubmit(
                 idempotencyKey: key, bodyHash: GatewayRequest.bodyHash(bytes), deviceId: device.info.deviceId,
-                accountId: device.info.accountId, payload: payload, pin: pin))
+                accountId: device.info.accountId, payload: payload, pin: pin, signatureDigest: signed.digest))
         let status = reply.envelope.status
         if status.isSuccess || status == .declined, let result = try? InstructionResult.decode(reply.body) {
             return Self.render(result)
@@ -221,7 +244,9 @@ public enum PhoneGatewayStage {
         let client = try runtime.client()
         let caller = StageCaller(client: client, logger: runtime.logger)
         let hub = try NoticeHub.make(runtime: runtime, kind: "dev", caller: caller)
-        let gateway = PhoneGateway(caller: caller, hub: hub, logger: runtime.logger)
+        let limits = try GatewayRateLimits.load(
+            config.values, kinds: [.device, .address], service: config.service, logger: runtime.logger)
+        let gateway = PhoneGateway(caller: caller, hub: hub, logger: runtime.logger, limits: limits)
         try await runtime.run(
             services: [hub],
             http: { router in gateway.addRoutes(to: router, service: config.service) },

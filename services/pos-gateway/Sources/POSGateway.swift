@@ -16,17 +16,21 @@ public final class POSGateway: Sendable {
     let logger: Logger
     /// Terminal key hash → terminal (positive answers only, 30 s).
     let terminals = TTLCache<String, TerminalInfo>(capacity: 100_000, ttl: .seconds(30))
+    /// Requests per terminal and, for credentials that fail, per client address (none when nil).
+    let limits: GatewayRateLimits
 
-    public init(caller: StageCaller, hub: NoticeHub, logger: Logger) {
+    public init(caller: StageCaller, hub: NoticeHub, logger: Logger, limits: GatewayRateLimits? = nil) {
         self.caller = caller
         self.hub = hub
         self.logger = logger
+        self.limits = limits ?? .disabled(logger: logger)
     }
 
     // MARK: routes
 
     public func addRoutes(to router: Router<BasicRequestContext>, service: String) {
-        router.addGatewayBasics(service: service)
+        router.addGatewayBasics(service: service, api: .pos)
+        router.add(middleware: limits.middleware())  // after the basics: /openapi.yaml is never limited
         router.post("v1/payment-requests") { request, _ in
             await GatewayResponse.handle { try await self.create(request) }
         }
@@ -65,18 +69,24 @@ public final class POSGateway: Sendable {
             throw Self.unauthorized("the terminal key is not valid")
         }
         let hash = Hex.sha256(key)
-        if let cached = terminals.get(hash) { return cached }
+        if let cached = terminals.get(hash) { return try admitted(cached) }
         let reply = try await caller.send(.terminalAuth, TerminalAuth(keyHash: hash))
         switch reply.envelope.status {
         case .ok, .exists:
             guard let info = try? TerminalInfo.decode(reply.body) else { throw GatewayError.stageUnavailable }
             terminals.set(hash, info)
-            return info
+            return try admitted(info)
         case .notFound, .badRequest:
             throw Self.unauthorized("unknown terminal key")
         default:
             throw StageCaller.httpError(status: reply.envelope.status, body: reply.body, logger: logger, type: .terminalAuth)
         }
+    }
+
+    /// The terminal's rate limit, right after authentication: 429 `rate_limited` (nothing done) when it is spent.
+    func admitted(_ terminal: TerminalInfo) throws(GatewayError) -> TerminalInfo {
+        try limits.admit(.terminal, terminal.terminalId)
+        return terminal
     }
 
     // MARK: payment requests
@@ -147,7 +157,9 @@ public final class POSGateway: Sendable {
             ("created_at", .string(RFC3339.string(millis: info.createdAtMillis))),
             ("expires_at", .string(RFC3339.string(millis: info.expiresAtMillis))),
             ("payload", .string(info.payload)),
+            ("declined_attempts", .int(info.declinedAttempts)),
         ])
+        if info.status == .declined, let code = info.declineCode { object["decline_code"] = .string(code) }
         if info.status == .succeeded, let paymentId = info.paymentId {
             object["payment"] = .obj([
                 "id": .string(paymentId),
@@ -195,7 +207,9 @@ public enum POSGatewayStage {
         let client = try runtime.client()
         let caller = StageCaller(client: client, logger: runtime.logger)
         let hub = try NoticeHub.make(runtime: runtime, kind: "pos", caller: caller)
-        let gateway = POSGateway(caller: caller, hub: hub, logger: runtime.logger)
+        let limits = try GatewayRateLimits.load(
+            config.values, kinds: [.terminal, .address], service: config.service, logger: runtime.logger)
+        let gateway = POSGateway(caller: caller, hub: hub, logger: runtime.logger, limits: limits)
         try await runtime.run(
             services: [hub],
             http: { router in gateway.addRoutes(to: router, service: config.service) },
