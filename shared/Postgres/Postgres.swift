@@ -43,6 +43,19 @@ public struct PGRows: Sendable {
 public final class PGConnection: @unchecked Sendable {
     private var conn: OpaquePointer?
     public let conninfo: String
+    /// The statements `pipeline` prepared on this session: SQL text → name. A new session (reconnect,
+    /// reset) has none, so they are prepared again on first use.
+    var preparedNames: [String: String] = [:]
+    /// Past this many, further statements run unprepared (the callers' statements are a small fixed set).
+    static let maxPreparedStatements = 128
+
+    /// The libpq handle, or a connection error.
+    func handle(_ context: String) throws(PGError) -> OpaquePointer {
+        guard let conn else { throw PGError(sqlState: "08003", message: "no connection", context: context) }
+        return conn
+    }
+
+    var rawHandle: OpaquePointer? { conn }
 
     public init(conninfo: String) throws(PGError) {
         self.conninfo = conninfo
@@ -53,6 +66,7 @@ public final class PGConnection: @unchecked Sendable {
 
     private func connect() throws(PGError) {
         if let conn { PQfinish(conn) }
+        preparedNames = [:]
         conn = PQconnectdb(conninfo)
         guard let conn, PQstatus(conn) == CONNECTION_OK else {
             let message = conn.map { String(cString: PQerrorMessage($0)) } ?? "out of memory"
@@ -67,6 +81,7 @@ public final class PGConnection: @unchecked Sendable {
         if let conn, PQstatus(conn) == CONNECTION_OK { return }
         if let conn {
             PQreset(conn)
+            preparedNames = [:]
             if PQstatus(conn) == CONNECTION_OK { return }
         }
         try connect()
@@ -131,7 +146,7 @@ public final class PGConnection: @unchecked Sendable {
         }
     }
 
-    private static func rows(_ result: OpaquePointer?, conn: OpaquePointer, sql: String) throws(PGError) -> PGRows {
+    static func rows(_ result: OpaquePointer?, conn: OpaquePointer, sql: String) throws(PGError) -> PGRows {
         guard let result else {
             throw PGError(sqlState: "08006", message: String(cString: PQerrorMessage(conn)), context: summary(sql))
         }
@@ -166,7 +181,7 @@ public final class PGConnection: @unchecked Sendable {
         return PGRows(columns: columns, rows: rows, affected: affected)
     }
 
-    private static func summary(_ sql: String) -> String {
+    static func summary(_ sql: String) -> String {
         let flat = sql.split(whereSeparator: \.isWhitespace).joined(separator: " ")
         return flat.count > 80 ? String(flat.prefix(80)) + "…" : flat
     }

@@ -41,10 +41,13 @@ public final class BatchEngine: Sendable {
     private let conninfo: String
     private let pins: PinHasher
     private let logger: Logger
-    private let queue = Locked<(jobs: [Job], threadsWaiting: Int)>(([], 0))
+    private let queue = Locked<(jobs: [Job], threadsWaiting: Int, gathering: Int)>(([], 0, 0))
     /// Wakes the batch thread when it waits for work; producers signal only then (no stale counts
     /// that would make the thread spin and cut small batches).
     private let signal = DispatchSemaphore(value: 0)
+    /// Wakes a batch thread that waits (at most `maxWait`) for a fuller batch as soon as a quarter of
+    /// `maxBatch` is queued: the wait closes on size or on time, never longer than needed.
+    private let fuller = DispatchSemaphore(value: 0)
     private let stopping = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
     private let batchSize = Recorder(label: "wipay_ledger_batch_size")
@@ -70,14 +73,17 @@ public final class BatchEngine: Sendable {
             return .error(.unavailable, "ledger_stopping", "this ledger instance is stopping; retry")
         }
         return await withCheckedContinuation { continuation in
-            let (accepted, wake) = queue.withLock { queue -> (Bool, Bool) in
-                guard queue.jobs.count < settings.maxQueued else { return (false, false) }
+            let (accepted, wake, full) = queue.withLock { queue -> (Bool, Bool, Bool) in
+                guard queue.jobs.count < settings.maxQueued else { return (false, false, false) }
                 queue.jobs.append(Job(post: post, reply: { continuation.resume(returning: $0) }))
                 let wake = queue.threadsWaiting > 0
                 if wake { queue.threadsWaiting -= 1 }
-                return (true, wake)
+                let full = queue.gathering > 0 && queue.jobs.count >= max(1, settings.maxBatch / 4)
+                if full { queue.gathering -= 1 }
+                return (true, wake, full)
             }
             if wake { signal.signal() }
+            if full { fuller.signal() }
             if !accepted {
                 continuation.resume(returning: .error(.unavailable, "overloaded", "the ledger's queue is full; retry"))
             }
@@ -89,7 +95,10 @@ public final class BatchEngine: Sendable {
     /// Answers what is queued, then stops the thread.
     public func stop() {
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
-        queue.withLock { $0.threadsWaiting = 0 }
+        queue.withLock {
+            $0.threadsWaiting = 0
+            $0.gathering = 0
+        }
         for _ in 0..<settings.workers { signal.signal() }
         for _ in 0..<settings.workers { finished.wait() }
     }
@@ -114,9 +123,16 @@ public final class BatchEngine: Sendable {
                 if stopping.load(ordering: .relaxed) { return }
                 continue
             }
-            if jobs.count < settings.maxBatch / 4, settings.maxWait > .zero {
-                Thread.sleep(forTimeInterval: Double(settings.maxWait.components.attoseconds) / 1e18
-                    + Double(settings.maxWait.components.seconds))
+            if jobs.count < settings.maxBatch / 4, settings.maxWait > .zero, !stopping.load(ordering: .relaxed) {
+                // Wait for company: until a quarter batch is queued, or `maxWait` at most.
+                let enough = queue.withLock { queue -> Bool in
+                    if jobs.count + queue.jobs.count >= settings.maxBatch / 4 { return true }
+                    queue.gathering += 1
+                    return false
+                }
+                if !enough, fuller.wait(timeout: .now() + Self.dispatchInterval(settings.maxWait)) == .timedOut {
+                    queue.withLock { $0.gathering = max(0, $0.gathering - 1) }
+                }
                 jobs += take(limit: settings.maxBatch - jobs.count)
             }
             queueDepth.record(queued)
@@ -130,6 +146,11 @@ public final class BatchEngine: Sendable {
                 job.reply(reply)
             }
         }
+    }
+
+    static func dispatchInterval(_ duration: Duration) -> DispatchTimeInterval {
+        let (seconds, attoseconds) = duration.components
+        return .microseconds(Int(clamping: seconds * 1_000_000 + attoseconds / 1_000_000_000_000))
     }
 
     private func take(limit: Int? = nil) -> [Job] {
@@ -162,7 +183,12 @@ public final class BatchEngine: Sendable {
                 if connection == nil { connection = try PGConnection(conninfo: conninfo) }
                 guard let db = connection else { continue }
                 try db.ensureConnected()
-                return try db.transaction { db in try self.write(jobs.map(\.post), db: db) }
+                do {
+                    return try self.write(jobs.map(\.post), db: db)
+                } catch {
+                    db.rollbackIfNeeded()
+                    throw error
+                }
             } catch let error as PGError {
                 if error.isConnectionError { connection = nil }
                 logger.warning(
@@ -197,16 +223,24 @@ public final class BatchEngine: Sendable {
         var book = LedgerBook(accounts: [:])
         guard !valid.isEmpty else { return replies.map { $0 ?? Self.undecided } }
 
-        // 1. Lock what these transfers touch, always in the same order — refunded payments, then
-        //    accounts, by id — so that two ledger instances never deadlock, and so that whatever another
-        //    instance committed for the same transfers is visible to the reads that follow.
+        // 1. One pipeline (one round trip): BEGIN, then lock what these transfers touch, always in the same
+        //    order — refunded payments, then accounts, by id — so that two ledger instances never deadlock,
+        //    and so that whatever another instance committed for the same transfers is visible to the reads
+        //    that follow; then the transfers seen before (failed or posted) and the requests already paid
+        //    (asked for every valid transfer: the answer is the same for the new ones, and it saves a trip).
         let refundTargets = Set(valid.compactMap { posts[$0].refundOf }).sorted()
-        if !refundTargets.isEmpty {
-            let rows = try db.query(
-                """
-                SELECT id, amount, refunded, debit_account_id, credit_account_id, currency
-                FROM ledger.transfers WHERE id = ANY($1::text[]) AND kind = 1 ORDER BY id FOR UPDATE
-                """, [PGArray.text(refundTargets)])
+        let accountIds = Set(valid.flatMap { [posts[$0].debitAccountId, posts[$0].creditAccountId] }).sorted()
+        let ids = Array(Set(valid.map { posts[$0].transferId }))
+        let requests = Set(valid.compactMap { posts[$0].paymentRequestId }).sorted()
+        var reads: [PGStatement] = [.begin]
+        if !refundTargets.isEmpty { reads.append(PGStatement(Self.lockPayments, [PGArray.text(refundTargets)])) }
+        reads.append(PGStatement(Self.lockAccounts, [PGArray.text(accountIds)]))
+        reads.append(PGStatement(Self.failedLookup, [PGArray.text(ids)]))
+        reads.append(PGStatement(Self.postedLookup, [PGArray.text(ids)]))
+        if !requests.isEmpty { reads.append(PGStatement(Self.paidLookup, [PGArray.text(requests)])) }
+        var read = try db.pipelineAll(reads).dropFirst()[...]  // BEGIN's empty result first
+
+        if !refundTargets.isEmpty, let rows = read.popFirst() {
             for row in rows.rows {
                 guard let id = row[0], let amount = Int64(row[1] ?? ""), let refunded = Int64(row[2] ?? "") else { continue }
                 book.payments[id] = PaymentRow(
@@ -214,12 +248,9 @@ public final class BatchEngine: Sendable {
                     currency: (row[5] ?? "").trimmingCharacters(in: .whitespaces))
             }
         }
-        let accountIds = Set(valid.flatMap { [posts[$0].debitAccountId, posts[$0].creditAccountId] }).sorted()
-        let accountRows = try db.query(
-            """
-            SELECT id, kind, currency, debits, credits, encode(pin_hash, 'hex'), pin_failures, locked
-            FROM ledger.accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
-            """, [PGArray.text(accountIds)])
+        guard let accountRows = read.popFirst(), let failed = read.popFirst(), let posted = read.popFirst() else {
+            throw PGError(sqlState: "XX000", message: "a read of the batch gave no result", context: "ledger batch")
+        }
         for row in accountRows.rows {
             guard let id = row[0], let kind = AccountKind(rawValue: UInt8(row[1] ?? "") ?? 0) else { continue }
             book.accounts[id] = AccountRow(
@@ -229,14 +260,7 @@ public final class BatchEngine: Sendable {
         }
 
         // 2. Transfers seen before, failed or posted (a posted row wins): answered from what was stored.
-        let ids = Array(Set(valid.map { posts[$0].transferId }))
         var known: [String: (fields: TransferFields, reply: BusReply)] = [:]
-        let failed = try db.query(
-            """
-            SELECT id, kind, debit_account_id, credit_account_id, amount, currency, payment_request_id, refund_of,
-                   status, code, message
-            FROM ledger.failed_transfers WHERE id = ANY($1::text[])
-            """, [PGArray.text(ids)])
         for row in failed.rows {
             let fields = TransferFields(row: row)
             known[fields.id] = (
@@ -244,18 +268,15 @@ public final class BatchEngine: Sendable {
                 .error(Status(rawValue: UInt16(row[8] ?? "") ?? 422), row[9] ?? "declined", row[10] ?? "declined")
             )
         }
-        let posted = try db.query(
-            """
-            SELECT id, kind, debit_account_id, credit_account_id, amount, currency, payment_request_id, refund_of,
-                   (extract(epoch FROM posted_at) * 1000)::bigint, debit_balance_after, credit_balance_after
-            FROM ledger.transfers WHERE id = ANY($1::text[])
-            """, [PGArray.text(ids)])
         for row in posted.rows {
             let fields = TransferFields(row: row)
             let result = TransferResult(
                 transferId: row[0] ?? "", postedAtMillis: Int64(row[8] ?? "") ?? 0,
                 debitBalance: Int64(row[9] ?? "") ?? 0, creditBalance: Int64(row[10] ?? "") ?? 0)
             known[fields.id] = (fields, .ok(result, status: .exists))
+        }
+        if !requests.isEmpty, let paid = read.popFirst() {
+            book.paidRequests = Set(paid.rows.compactMap { $0[0] })
         }
 
         // 3. The new ones, each id once (a duplicate inside the batch is answered from the first, below).
@@ -269,13 +290,6 @@ public final class BatchEngine: Sendable {
                 seen[post.transferId] = index
                 fresh.append(index)
             }
-        }
-        let requests = Set(fresh.compactMap { posts[$0].paymentRequestId }).sorted()
-        if !requests.isEmpty {
-            let paid = try db.query(
-                "SELECT payment_request_id FROM ledger.transfers WHERE kind = 1 AND payment_request_id = ANY($1::text[])",
-                [PGArray.text(requests)])
-            book.paidRequests = Set(paid.rows.compactMap { $0[0] })
         }
 
         // 4. Decide each new transfer in arrival order against the working set.
@@ -300,10 +314,12 @@ public final class BatchEngine: Sendable {
             }
         }
 
-        // 5. Write: accounts once each with their new totals, transfers and failures in bulk.
+        // 5. Write, in one pipeline ending with COMMIT (one round trip): accounts once each with their new
+        //    totals, transfers and failures in bulk.
+        var writes: [PGStatement] = []
         let changed = book.changedAccounts.sorted().compactMap { book.accounts[$0] }
         if !changed.isEmpty {
-            try db.query(
+            writes.append(PGStatement(
                 """
                 UPDATE ledger.accounts a SET debits = v.debits, credits = v.credits, pin_failures = v.failures, locked = v.locked
                 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::smallint[], $5::boolean[])
@@ -314,10 +330,10 @@ public final class BatchEngine: Sendable {
                     PGArray.text(changed.map(\.id)), PGArray.int64(changed.map(\.debits)),
                     PGArray.int64(changed.map(\.credits)), PGArray.int64(changed.map { Int64($0.pinFailures) }),
                     PGArray.bool(changed.map(\.locked)),
-                ])
+                ]))
         }
         if !inserts.isEmpty {
-            try db.query(
+            writes.append(PGStatement(
                 """
                 INSERT INTO ledger.transfers (id, kind, debit_account_id, credit_account_id, amount, currency,
                     payment_request_id, refund_of, debit_balance_after, credit_balance_after, posted_at)
@@ -333,21 +349,21 @@ public final class BatchEngine: Sendable {
                     PGArray.int64(inserts.map(\.0.amountMinor)), PGArray.text(inserts.map(\.0.currency)),
                     PGArray.text(inserts.map(\.0.paymentRequestId)), PGArray.text(inserts.map(\.0.refundOf)),
                     PGArray.int64(inserts.map(\.1)), PGArray.int64(inserts.map(\.2)), String(postedAt),
-                ])
+                ]))
         }
         let refunded = book.changedPayments.sorted().compactMap { book.payments[$0] }
         if !refunded.isEmpty {
-            try db.query(
+            writes.append(PGStatement(
                 """
                 UPDATE ledger.transfers t SET refunded = v.refunded
                 FROM unnest($1::text[], $2::bigint[]) AS v(id, refunded) WHERE t.id = v.id
-                """, [PGArray.text(refunded.map(\.id)), PGArray.int64(refunded.map(\.refunded))])
+                """, [PGArray.text(refunded.map(\.id)), PGArray.int64(refunded.map(\.refunded))]))
         }
         // Failures decided against the book are kept — declines and unknown accounts or payments alike —
         // so the same id always gets the same answer ("a failed transfer stays failed").
         let durable = failures.filter { $0.1.status == .declined || $0.1.status == .notFound }
         if !durable.isEmpty {
-            try db.query(
+            writes.append(PGStatement(
                 """
                 INSERT INTO ledger.failed_transfers (id, kind, debit_account_id, credit_account_id, amount, currency,
                     payment_request_id, refund_of, status, code, message)
@@ -361,8 +377,10 @@ public final class BatchEngine: Sendable {
                     PGArray.text(durable.map(\.0.paymentRequestId)), PGArray.text(durable.map(\.0.refundOf)),
                     PGArray.int64(durable.map { Int64($0.1.status.rawValue) }), PGArray.text(durable.map(\.1.code)),
                     PGArray.text(durable.map(\.1.message)),
-                ])
+                ]))
         }
+        writes.append(.commit)
+        try db.pipelineAll(writes)
 
         // 6. Duplicates inside the batch get the first one's answer (or a conflict when fields differ).
         for (index, post) in posts.enumerated() where replies[index] == nil {
@@ -382,6 +400,27 @@ public final class BatchEngine: Sendable {
     }
 
     static let undecided = BusReply.error(.internalError, "internal_error", "transfer was not decided")
+
+    static let lockPayments = """
+        SELECT id, amount, refunded, debit_account_id, credit_account_id, currency
+        FROM ledger.transfers WHERE id = ANY($1::text[]) AND kind = 1 ORDER BY id FOR UPDATE
+        """
+    static let lockAccounts = """
+        SELECT id, kind, currency, debits, credits, encode(pin_hash, 'hex'), pin_failures, locked
+        FROM ledger.accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+        """
+    static let failedLookup = """
+        SELECT id, kind, debit_account_id, credit_account_id, amount, currency, payment_request_id, refund_of,
+               status, code, message
+        FROM ledger.failed_transfers WHERE id = ANY($1::text[])
+        """
+    static let postedLookup = """
+        SELECT id, kind, debit_account_id, credit_account_id, amount, currency, payment_request_id, refund_of,
+               (extract(epoch FROM posted_at) * 1000)::bigint, debit_balance_after, credit_balance_after
+        FROM ledger.transfers WHERE id = ANY($1::text[])
+        """
+    static let paidLookup =
+        "SELECT payment_request_id FROM ledger.transfers WHERE kind = 1 AND payment_request_id = ANY($1::text[])"
 
     static func conflict(_ id: String) -> BusReply {
         .error(.conflict, "exists_with_different_fields", "transfer \(id) exists with different fields")
