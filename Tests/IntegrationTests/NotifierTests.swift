@@ -57,7 +57,8 @@ struct NTEnv: Sendable {
 func withNTNotifier<T: Sendable>(_ body: (NTEnv) async throws -> T) async throws -> T {
     let db = try await TSDatabase.create(prefix: "notifiertest")
     let published = TSLocked<[(String, NoticeDelivered)]>([])
-    let notifier = Notifier(conninfo: db.conninfo, logger: tsQuietLogger) { topic, notice in
+    // Stress tests queue 80 deliveries on one recipient's row: no acquire deadline in the way here.
+    let notifier = Notifier(conninfo: db.conninfo, logger: tsQuietLogger, acquireTimeout: .seconds(120)) { topic, notice in
         published.withLock { $0.append((topic, notice)) }
     }
     do {
@@ -255,7 +256,8 @@ struct NotifierTests {
             harness.shutdown()
         }
         let publisher = try harness.publisher("notifier/test")
-        let notifier = Notifier(conninfo: db.conninfo, logger: tsQuietLogger) { topic, notice in
+        // Stress tests queue 80 deliveries on one recipient's row: no acquire deadline in the way here.
+    let notifier = Notifier(conninfo: db.conninfo, logger: tsQuietLogger, acquireTimeout: .seconds(120)) { topic, notice in
             publisher.publish(topic: topic, type: .noticeDelivered, body: notice.encoded())
         }
         do {

@@ -157,4 +157,45 @@ struct PipelineTests {
             }
         }
     }
+
+    @Test func anExhaustedPoolAnswersBusyWithinItsDeadline() async throws {
+        let db = try await TSDatabase.create(prefix: "pooltest")
+        let pool = PGPool(conninfo: db.conninfo, size: 1, maxWaiters: 1, acquireTimeout: .milliseconds(300))
+        // Hold the only connection for a long while (no timing is asserted: only what happens before the
+        // holder lets go, which is seconds after the deadline even on a loaded machine).
+        let holding = TSLocked(false)
+        let released = TSLocked(false)
+        let holder = Task {
+            let rows = try await pool.run { connection in
+                holding.withLock { $0 = true }
+                return try connection.query("SELECT pg_sleep(4)")
+            }
+            released.withLock { $0 = true }
+            return rows
+        }
+        while !holding.value { try await Task.sleep(for: .milliseconds(5)) }
+        // One caller may wait; it gives up at its deadline with a clear error, not an endless wait.
+        let waiter = Task { try await pool.run { connection in try connection.query("SELECT 1") } }
+        while pool.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        // A second waiter is past the bound: refused at once.
+        do {
+            _ = try await pool.run { connection in try connection.query("SELECT 1") }
+            Issue.record("a caller past maxWaiters must be refused")
+        } catch let error as PGError {
+            #expect(error.isPoolBusy, "\(error)")
+        }
+        do {
+            _ = try await waiter.value
+            Issue.record("the waiter must time out")
+        } catch let error as PGError {
+            #expect(error.isPoolBusy, "\(error)")
+        }
+        #expect(!released.value, "both were refused while the connection was still held")
+        _ = try await holder.value
+        // Free again: served at once.
+        let rows = try await pool.run { connection in try connection.query("SELECT 42") }
+        #expect(rows.int64(0, 0) == 42)
+        #expect(pool.waiting == 0)
+        await db.drop()
+    }
 }

@@ -226,11 +226,11 @@ public enum PGArray {
 }
 
 /// A small pool of connections, each used on its own thread so that blocking libpq calls never block
-/// Swift's cooperative thread pool. `run` waits for a free connection, at most `size` run at once.
+/// Swift's cooperative thread pool. `run` waits for a free connection — bounded: at most `maxWaiters`
+/// callers wait, each at most `acquireTimeout`, then `PGError.poolBusy` (see `PGSlotQueue`).
 public final class PGPool: Sendable {
     private let slots: [Slot]
-    private let free: Locked<[Int]>
-    private let waiters = Locked<[CheckedContinuation<Int, Never>]>([])
+    private let queue: PGSlotQueue
 
     final class Slot: @unchecked Sendable {
         let queue: DispatchQueue
@@ -242,15 +242,18 @@ public final class PGPool: Sendable {
         }
     }
 
-    public init(conninfo: String, size: Int) {
+    public init(conninfo: String, size: Int, maxWaiters: Int = 1024, acquireTimeout: Duration = .seconds(5)) {
         slots = (0..<max(1, size)).map { Slot(index: $0, conninfo: conninfo) }
-        free = Locked(Array(0..<max(1, size)))
+        queue = PGSlotQueue(size: size, maxWaiters: maxWaiters, acquireTimeout: acquireTimeout)
     }
+
+    /// Callers waiting for a connection now.
+    public var waiting: Int { queue.waiting }
 
     /// Runs `body` with a connection on that connection's thread. Reconnects a lost connection first.
     public func run<T: Sendable>(_ body: @escaping @Sendable (PGConnection) throws -> T) async throws -> T {
-        let index = await acquire()
-        defer { release(index) }
+        let index = try await queue.acquire()
+        defer { queue.release(index) }
         let slot = slots[index]
         return try await withCheckedThrowingContinuation { continuation in
             slot.queue.async {
@@ -265,27 +268,6 @@ public final class PGPool: Sendable {
                 }
             }
         }
-    }
-
-    private func acquire() async -> Int {
-        if let index = free.withLock({ $0.popLast() }) { return index }
-        return await withCheckedContinuation { continuation in
-            let immediate: Int? = free.withLock { free in
-                if let index = free.popLast() { return index }
-                waiters.withLock { $0.append(continuation) }
-                return nil
-            }
-            if let immediate { continuation.resume(returning: immediate) }
-        }
-    }
-
-    private func release(_ index: Int) {
-        let waiter: CheckedContinuation<Int, Never>? = free.withLock { free in
-            if let next = waiters.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) { return next }
-            free.append(index)
-            return nil
-        }
-        waiter?.resume(returning: index)
     }
 }
 

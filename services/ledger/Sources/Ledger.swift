@@ -57,6 +57,9 @@ public final class Ledger: Sendable {
             return .error(.badRequest, "bad_request", "\(error)")
         } catch let error as PGError where error.isDataError {
             return .error(.badRequest, "bad_request", "the request holds data the ledger cannot store: \(error.message)")
+        } catch let error as PGError where error.isPoolBusy {
+            logger.warning("database busy", metadata: ["error": "\(error)", "bus.type": "\(message.envelope.type)"])
+            return .error(.unavailable, "database_busy", "the ledger's database connections are all busy; retry")
         } catch let error as PGError {
             logger.error("database error", metadata: ["error": "\(error)", "bus.type": "\(message.envelope.type)"])
             return .error(.unavailable, "ledger_unavailable", "the ledger database is not available; retry")

@@ -29,8 +29,13 @@ public final class Notifier: Sendable {
     private let duplicates = Counter(label: "wipay.notifier.duplicates")
     private let noticeCounters: [String: Counter]
 
-    public init(conninfo: String, logger: Logger, poolSize: Int = 8, publish: @escaping Publish) {
-        self.pool = PGPool(conninfo: conninfo, size: poolSize)
+    /// `acquireTimeout`: how long a call waits for one of the `poolSize` connections before it is answered
+    /// `503 database_busy` (the bus caller's own attempt has timed out by then and retries).
+    public init(
+        conninfo: String, logger: Logger, poolSize: Int = 8, acquireTimeout: Duration = .seconds(5),
+        publish: @escaping Publish
+    ) {
+        self.pool = PGPool(conninfo: conninfo, size: poolSize, acquireTimeout: acquireTimeout)
         self.logger = logger
         self.publish = publish
         var counters: [String: Counter] = [:]
@@ -68,6 +73,9 @@ public final class Notifier: Sendable {
             return .error(.badRequest, "bad_request", "\(error)")
         } catch let error as PGError where error.isDataError {
             return .error(.badRequest, "bad_request", "the request holds data the notifier cannot store: \(error.message)")
+        } catch let error as PGError where error.isPoolBusy {
+            logger.warning("database busy", metadata: ["error": "\(error)", "bus.type": "\(message.envelope.type)"])
+            return .error(.unavailable, "database_busy", "the notifier's database connections are all busy; retry")
         } catch let error as PGError {
             logger.error("database error", metadata: ["error": "\(error)", "bus.type": "\(message.envelope.type)"])
             return .error(.unavailable, "notifier_unavailable", "the notifier database is not available; retry")

@@ -126,19 +126,23 @@ final class RouterDatabase: Sendable {
     }
 
     private let slots: [Slot]
-    private let free: Locked<[Int]>
-    private let waiters = Locked<[CheckedContinuation<Int, Never>]>([])
+    /// Bounded: at most `maxWaiters` callers wait for a connection, each at most `acquireTimeout`, then
+    /// `PGError.poolBusy` (answered `503 database_busy`).
+    private let queue: PGSlotQueue
 
-    init(conninfo: String, size: Int) {
+    init(conninfo: String, size: Int, maxWaiters: Int = 1024, acquireTimeout: Duration = .seconds(5)) {
         let size = max(1, size)
         slots = (0..<size).map { Slot(index: $0, conninfo: conninfo) }
-        free = Locked(Array(0..<size))
+        queue = PGSlotQueue(size: size, maxWaiters: maxWaiters, acquireTimeout: acquireTimeout)
     }
+
+    /// Callers waiting for a connection now.
+    var waiting: Int { queue.waiting }
 
     /// Leases a connection (reconnecting a lost one) for `body`, then gives it back.
     func withLease<T: Sendable>(_ body: (Lease) async throws -> T) async throws -> T {
-        let index = await acquire()
-        defer { release(index) }
+        let index = try await queue.acquire()
+        defer { queue.release(index) }
         return try await body(Lease(slot: slots[index]))
     }
 
@@ -174,26 +178,6 @@ final class RouterDatabase: Sendable {
         try await withLease { try await $0.query(sql, parameters) }
     }
 
-    private func acquire() async -> Int {
-        if let index = free.withLock({ $0.popLast() }) { return index }
-        return await withCheckedContinuation { continuation in
-            let immediate: Int? = free.withLock { free in
-                if let index = free.popLast() { return index }
-                waiters.withLock { $0.append(continuation) }
-                return nil
-            }
-            if let immediate { continuation.resume(returning: immediate) }
-        }
-    }
-
-    private func release(_ index: Int) {
-        let waiter: CheckedContinuation<Int, Never>? = free.withLock { free in
-            if let next = waiters.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) { return next }
-            free.append(index)
-            return nil
-        }
-        waiter?.resume(returning: index)
-    }
 }
 
 /// Wakes a waiting loop early (the outbox relay after a commit that inserted rows). A ring while nobody

@@ -86,6 +86,9 @@ public final class PaymentRouter: Sendable {
             reply = .error(.badRequest, "bad_request", "\(error)")
         } catch let error as PGError where error.isDataError {
             reply = .error(.badRequest, "bad_request", "the request holds data the router cannot store: \(error.message)")
+        } catch let error as PGError where error.isPoolBusy {
+            logger.warning("database busy", metadata: ["error": "\(error)", "bus.type": "\(type)"])
+            reply = .error(.unavailable, "database_busy", "the router's database connections are all busy; retry")
         } catch let error as PGError {
             logger.error("database error", metadata: ["error": "\(error)", "bus.type": "\(type)"])
             reply = .error(.unavailable, "router_unavailable", "the router's database is not available; retry")
