@@ -136,11 +136,12 @@ struct ToolsE2ETests {
         #expect(system.secrets.value.contains("581920") && system.secrets.value.contains(merchant.terminalKey))
     }
 
-    @Test("both gateways serve /healthz, /metrics and /openapi.yaml (the same document as docs/)", .timeLimit(.minutes(1)))
+    @Test("both gateways serve /healthz, /metrics and /openapi.yaml (each its own document, as in docs/openapi/)", .timeLimit(.minutes(1)))
     func servedDocuments() async throws {
         let system = try e2eSystem()
-        let document = try String(contentsOfFile: E2EOpenAPI.specPath, encoding: .utf8)
-        for url in [system.posURL, system.phoneURL] {
+        let docs = URL(fileURLWithPath: E2EOpenAPI.specPath).deletingLastPathComponent().appendingPathComponent("openapi")
+        for (url, file) in [(system.posURL, "pos-gateway.yaml"), (system.phoneURL, "phone-gateway.yaml")] {
+            let document = try String(contentsOf: docs.appendingPathComponent(file), encoding: .utf8)
             let http = try E2EHTTP(baseURL: url, system: system)
             let health = try await http.send("GET", "/healthz")
             #expect(health.status == 200, "\(url): \(health)")

@@ -211,7 +211,7 @@ final class BTGate: Sendable {
 }
 
 /// Polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it held.
-func btEventually(timeout: Duration = .seconds(5), _ condition: () -> Bool) async -> Bool {
+func btEventually(timeout: Duration = .seconds(15), _ condition: () -> Bool) async -> Bool {
     let end = ContinuousClock.now + timeout
     while true {
         if condition() { return true }

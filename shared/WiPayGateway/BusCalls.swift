@@ -49,11 +49,6 @@ public struct StageCaller: Sendable {
     /// message; 5xx (and an unknown type: a stage that is being upgraded) are 503 `stage_unavailable`.
     public static func httpError(status: Status, body: [UInt8], logger: Logger? = nil, type: MessageType? = nil) -> GatewayError {
         let error = try? ErrorBody.decode(body)
-        // A currency the merchant does not take is a business rule (422), not malformed input: the
-        // payment-router answers it as a bad request.
-        if status == .badRequest, error?.code == "currency_mismatch" {
-            return GatewayError(.unprocessableContent, "currency_mismatch", error?.message ?? "the merchant takes another currency")
-        }
         switch status {
         case .badRequest, .notFound, .conflict, .declined, Status(rawValue: 401), Status(rawValue: 403), Status(rawValue: 429):
             return GatewayError(

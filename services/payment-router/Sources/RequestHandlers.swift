@@ -44,8 +44,8 @@ extension PaymentRouter {
             throw RouterError.notFound("terminal_not_found", "no terminal \(create.terminalId) of merchant \(create.merchantId)")
         }
         guard merchantCurrency == create.currency else {
-            throw RouterError.invalid(
-                "currency_mismatch", "this merchant takes \(merchantCurrency), not \(create.currency)")
+            // Well-formed, but against this merchant's rule: a 422 (the contract's "declined by a business rule").
+            throw RouterError(.declined, "currency_mismatch", "this merchant takes \(merchantCurrency), not \(create.currency)")
         }
         let id = RouterIds.request()
         let now = unixMillis()
