@@ -161,14 +161,15 @@ struct PipelineTests {
     @Test func anExhaustedPoolAnswersBusyWithinItsDeadline() async throws {
         let db = try await TSDatabase.create(prefix: "pooltest")
         let pool = PGPool(conninfo: db.conninfo, size: 1, maxWaiters: 1, acquireTimeout: .milliseconds(300))
-        // Hold the only connection for a long while (no timing is asserted: only what happens before the
-        // holder lets go, which is seconds after the deadline even on a loaded machine).
         let holding = TSLocked(false)
         let released = TSLocked(false)
+        // The holder keeps the connection until the test lets it go (a gate, not a time).
+        let gate = DispatchSemaphore(value: 0)
         let holder = Task {
             let rows = try await pool.run { connection in
                 holding.withLock { $0 = true }
-                return try connection.query("SELECT pg_sleep(4)")
+                _ = gate.wait(timeout: .now() + 60)
+                return try connection.query("SELECT 1")
             }
             released.withLock { $0 = true }
             return rows
@@ -191,6 +192,7 @@ struct PipelineTests {
             #expect(error.isPoolBusy, "\(error)")
         }
         #expect(!released.value, "both were refused while the connection was still held")
+        gate.signal()
         _ = try await holder.value
         // Free again: served at once.
         let rows = try await pool.run { connection in try connection.query("SELECT 42") }

@@ -258,7 +258,16 @@ struct TSLedgerEnv: Sendable {
     func openConcurrently(_ opens: [AccountOpen]) async -> [BusReply] {
         await withTaskGroup(of: (Int, BusReply).self) { group in
             for (index, open) in opens.enumerated() {
-                group.addTask { (index, await self.open(open)) }
+                group.addTask {
+                    // Hundreds at once on the ledger's small pool: a call that could not get a connection in
+                    // time is answered 503 database_busy, having done nothing; a client retries it.
+                    var reply = await self.open(open)
+                    for _ in 0..<20 where reply.status == .unavailable && (try? ErrorBody.decode(reply.body))?.code == "database_busy" {
+                        try? await Task.sleep(for: .milliseconds(100))
+                        reply = await self.open(open)
+                    }
+                    return (index, reply)
+                }
             }
             var replies = [BusReply?](repeating: nil, count: opens.count)
             for await (index, reply) in group { replies[index] = reply }
