@@ -1156,7 +1156,9 @@ struct LedgerRandomizedTests {
                 model.accounts["funding-\(currency)"] = MAccount(id: "funding-\(currency)", kind: .funding, currency: currency)
             }
             let opened = await env.openConcurrently(opens)
-            #expect(opened.allSatisfy { $0.status == .ok }, "seed \(seed): some account did not open")
+            #expect(
+                opened.allSatisfy { $0.status == .ok },
+                "seed \(seed): some account did not open: \(opened.first { $0.status != .ok }.map { "\(TSOutcome($0))" } ?? "")")
 
             var sent = 0
             var mismatches = 0

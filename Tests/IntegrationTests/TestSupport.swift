@@ -262,8 +262,8 @@ struct TSLedgerEnv: Sendable {
                     // Hundreds at once on the ledger's small pool: a call that could not get a connection in
                     // time is answered 503 database_busy, having done nothing; a client retries it.
                     var reply = await self.open(open)
-                    for _ in 0..<20 where reply.status == .unavailable && (try? ErrorBody.decode(reply.body))?.code == "database_busy" {
-                        try? await Task.sleep(for: .milliseconds(100))
+                    for _ in 0..<100 where reply.status == .unavailable && (try? ErrorBody.decode(reply.body))?.code == "database_busy" {
+                        try? await Task.sleep(for: .milliseconds(200))
                         reply = await self.open(open)
                     }
                     return (index, reply)
