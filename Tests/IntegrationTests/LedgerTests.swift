@@ -329,6 +329,49 @@ struct LedgerDatabaseTests {
         for reply in await env.postConcurrently(funds) { #expect(reply.status == .ok, "\(TSOutcome(reply))") }
     }
 
+    @Test func aBatchMessageAnswersEachTransferAsTransferPostWould() async throws {
+        try await withTSLedger { (env: TSLedgerEnv) async throws -> Void in
+            await Self.setUp(env, wallets: [("w1", 1000), ("w2", 0)])
+            let posts = [
+                F.pay("b-1", from: "w1", to: "m1", 300, request: "r-1"),
+                F.pay("b-1", from: "w1", to: "m1", 300, request: "r-1"),  // the same id and fields again
+                F.pay("b-2", from: "w2", to: "m1", 50, request: "r-2"),  // not enough money
+                F.pay("b-3", from: "w1", to: "m1", 100, request: "r-1"),  // that request is paid already
+                F.fund("b-1", to: "w2", 5),  // the same id with other fields
+                F.pay("b-4", from: "w1", to: "m1", -5, request: "r-4"),  // malformed
+            ]
+            let reply = await env.ledger.handle(tsMessage(.transferPostBatch, body: TransferPostBatch(transfers: posts).encoded()))
+            #expect(reply.status == .ok)
+            let outcomes = try TransferPostResults.decode(reply.body).outcomes.map { TSOutcome(BusReply(status: $0.status, body: $0.body)) }
+            try #require(outcomes.count == posts.count)
+            #expect(outcomes[0].status == 200 && outcomes[0].result?.debitBalance == 700, "\(outcomes[0])")
+            #expect(outcomes[1].status == 208 && outcomes[1].result == outcomes[0].result, "\(outcomes[1])")
+            #expect(outcomes[2] == TSOutcome(status: .declined, code: "insufficient_funds"), "\(outcomes[2])")
+            #expect(outcomes[3].code == "request_already_paid", "\(outcomes[3])")
+            #expect(outcomes[4].status == 409 && outcomes[4].code == "exists_with_different_fields", "\(outcomes[4])")
+            #expect(outcomes[5].status == 400, "\(outcomes[5])")
+            #expect(try await env.db.balance("w1") == 700)
+            #expect(try await env.db.balance("m1") == 300)
+            // Each one again, on its own: the same answers (the malformed one and the conflict included).
+            for (index, post) in posts.enumerated() where index != 1 {
+                let single = TSOutcome(await env.ledger.handle(tsMessage(.transferPost, body: post.encoded())))
+                if index == 0 {
+                    #expect(single.status == 208 && single.result == outcomes[0].result)
+                } else {
+                    #expect(single == outcomes[index], "transfer \(index): \(single) against \(outcomes[index])")
+                }
+            }
+            // An empty batch is answered at once; an oversized one is refused as a whole, changing nothing.
+            let empty = await env.ledger.handle(tsMessage(.transferPostBatch, body: TransferPostBatch(transfers: []).encoded()))
+            #expect(empty.status == .ok && (try? TransferPostResults.decode(empty.body))?.outcomes.isEmpty == true)
+            let tooMany = Array(repeating: F.fund("big", to: "w2", 1), count: TransferPostBatch.maxCount + 1)
+            let refused = await env.ledger.handle(tsMessage(.transferPostBatch, body: TransferPostBatch(transfers: tooMany).encoded()))
+            #expect(refused.status == .badRequest)
+            #expect(try await env.db.balance("w2") == 0)
+            await env.expectReconciled()
+        }
+    }
+
     @Test func duplicatesAndRetries() async throws {
         try await withTSLedger { (env: TSLedgerEnv) async throws -> Void in
             await Self.setUp(env, wallets: [("w1", 0), ("w2", 0)])

@@ -25,6 +25,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let walletUnlock = MessageType(rawValue: 0x0203)
     public static let transferPost = MessageType(rawValue: 0x0210)
     public static let paymentLookup = MessageType(rawValue: 0x0211)
+    public static let transferPostBatch = MessageType(rawValue: 0x0212)
     public static let reconcile = MessageType(rawValue: 0x0220)
     // 0x03xx — payment-router
     public static let requestCreate = MessageType(rawValue: 0x0301)
@@ -55,7 +56,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
 
     static let names: [UInt16: String] = [
         0x0001: "ping", 0x0002: "heartbeat", 0x0101: "control.status", 0x0102: "control.drain",
-        0x0201: "account.open", 0x0202: "account.show", 0x0203: "wallet.unlock", 0x0210: "transfer.post",
+        0x0201: "account.open", 0x0202: "account.show", 0x0203: "wallet.unlock", 0x0210: "transfer.post", 0x0212: "transfer.post.batch",
         0x0211: "payment.lookup", 0x0220: "reconcile", 0x0301: "request.create", 0x0302: "request.get",
         0x0303: "request.cancel", 0x0310: "instruction.submit", 0x0320: "refund.create", 0x0330: "merchant.add",
         0x0331: "terminal.add", 0x0332: "terminal.auth", 0x0333: "wallet.add", 0x0334: "device.enroll",

@@ -184,6 +184,54 @@ public struct TransferPost: BusEncodable, Equatable {
     }
 }
 
+/// `transfer.post.batch`: many transfers in one bus message, for callers that batch (the payment flow's
+/// group commit). The ledger queues them together, so they usually share one database transaction; each
+/// is decided on its own, exactly as `transfer.post` would decide it.
+public struct TransferPostBatch: BusEncodable, Equatable {
+    /// At most this many transfers per message (the ledger's default batch size).
+    public static let maxCount = 2048
+    public var transfers: [TransferPost]
+
+    public init(transfers: [TransferPost]) { self.transfers = transfers }
+    public func encode(to w: inout BusWriter) { w.write(transfers) }
+    public init(from r: inout BusReader) throws(BusDecodeError) {
+        transfers = try r.readArray(TransferPost.self, "transfers", max: Self.maxCount)
+    }
+}
+
+/// One transfer's answer inside `TransferPostResults`: the bus status and body `transfer.post` would have
+/// replied (`TransferResult` for `ok`/`exists`, `ErrorBody` otherwise).
+public struct TransferPostOutcome: BusEncodable, Equatable {
+    public var status: Status
+    public var body: [UInt8]
+
+    public init(status: Status, body: [UInt8]) {
+        self.status = status
+        self.body = body
+    }
+
+    public func encode(to w: inout BusWriter) {
+        w.write(status.rawValue)
+        w.write(bytes: body)
+    }
+
+    public init(from r: inout BusReader) throws(BusDecodeError) {
+        status = Status(rawValue: try r.readUInt16("status"))
+        body = try r.readBytes("body", max: 2048)
+    }
+}
+
+/// The reply to `transfer.post.batch` (status `ok`): one outcome per transfer, in the order sent.
+public struct TransferPostResults: BusEncodable, Equatable {
+    public var outcomes: [TransferPostOutcome]
+
+    public init(outcomes: [TransferPostOutcome]) { self.outcomes = outcomes }
+    public func encode(to w: inout BusWriter) { w.write(outcomes) }
+    public init(from r: inout BusReader) throws(BusDecodeError) {
+        outcomes = try r.readArray(TransferPostOutcome.self, "outcomes", max: TransferPostBatch.maxCount)
+    }
+}
+
 /// The result of a posted transfer (status `ok` or `exists`).
 public struct TransferResult: BusEncodable, Equatable {
     public var transferId: String

@@ -90,6 +90,36 @@ public final class BatchEngine: Sendable {
         }
     }
 
+    /// Queues many transfers at once (one lock, one wake-up) and waits for all their answers, in order.
+    /// What does not fit in the queue is answered `503 overloaded` (retry), the rest as `post` would.
+    public func post(batch posts: [TransferPost]) async -> [BusReply] {
+        guard !posts.isEmpty else { return [] }
+        if stopping.load(ordering: .relaxed) {
+            return posts.map { _ in .error(.unavailable, "ledger_stopping", "this ledger instance is stopping; retry") }
+        }
+        let collector = BatchCollector(count: posts.count)
+        return await withCheckedContinuation { continuation in
+            collector.onComplete { continuation.resume(returning: $0) }
+            let (refused, wake, full) = queue.withLock { queue -> (Range<Int>, Bool, Bool) in
+                let room = max(0, settings.maxQueued - queue.jobs.count)
+                let accepted = min(room, posts.count)
+                for index in 0..<accepted {
+                    queue.jobs.append(Job(post: posts[index], reply: { collector.set(index, $0) }))
+                }
+                let wake = accepted > 0 && queue.threadsWaiting > 0
+                if wake { queue.threadsWaiting -= 1 }
+                let full = accepted > 0 && queue.gathering > 0 && queue.jobs.count >= max(1, settings.maxBatch / 4)
+                if full { queue.gathering -= 1 }
+                return (accepted..<posts.count, wake, full)
+            }
+            if wake { signal.signal() }
+            if full { fuller.signal() }
+            for index in refused {
+                collector.set(index, .error(.unavailable, "overloaded", "the ledger's queue is full; retry"))
+            }
+        }
+    }
+
     public var queued: Int { queue.withLock { $0.jobs.count } }
 
     /// Answers what is queued, then stops the thread.
@@ -424,6 +454,33 @@ public final class BatchEngine: Sendable {
 
     static func conflict(_ id: String) -> BusReply {
         .error(.conflict, "exists_with_different_fields", "transfer \(id) exists with different fields")
+    }
+}
+
+/// Gathers the answers of one `post(batch:)`, and hands them over once the last one is in.
+final class BatchCollector: Sendable {
+    private struct State {
+        var replies: [BusReply?]
+        var remaining: Int
+        var done: (@Sendable ([BusReply]) -> Void)?
+    }
+
+    private let state: Locked<State>
+
+    init(count: Int) { state = Locked(State(replies: Array(repeating: nil, count: count), remaining: count, done: nil)) }
+
+    func onComplete(_ done: @escaping @Sendable ([BusReply]) -> Void) { state.withLock { $0.done = done } }
+
+    func set(_ index: Int, _ reply: BusReply) {
+        let finished = state.withLock { state -> ([BusReply], (@Sendable ([BusReply]) -> Void))? in
+            guard index < state.replies.count, state.replies[index] == nil else { return nil }
+            state.replies[index] = reply
+            state.remaining -= 1
+            guard state.remaining == 0, let done = state.done else { return nil }
+            state.done = nil
+            return (state.replies.map { $0 ?? BatchEngine.undecided }, done)
+        }
+        if let (replies, done) = finished { done(replies) }
     }
 }
 

@@ -32,6 +32,10 @@ public final class Ledger: Sendable {
             switch message.envelope.type {
             case .transferPost:
                 return await engine.post(try TransferPost.decode(message.body))
+            case .transferPostBatch:
+                let batch = try TransferPostBatch.decode(message.body)
+                let replies = await engine.post(batch: batch.transfers)
+                return .ok(TransferPostResults(outcomes: replies.map { TransferPostOutcome(status: $0.status, body: $0.body) }))
             case .accountOpen:
                 return try await open(try AccountOpen.decode(message.body))
             case .accountShow:
