@@ -5,6 +5,10 @@
 #   paybench ledger: hot mix flat out, uniform mix flat out, hot mix at a steady 5,000/s,
 #   the same again after growing the book to BIG_WALLETS accounts.
 # Usage: ops/scripts/bench-ledger.sh [DURATION_SECONDS]     (env: WALLETS, BIG_WALLETS, MERCHANTS, CONCURRENCY)
+#        AB_LEDGER=/path/to/another/ledger ops/scripts/bench-ledger.sh [DURATION_SECONDS]
+#            A/B in one run: after pgbench, this build's ledger (A) and that one (B, e.g. built from an earlier
+#            commit in a git worktree) take turns on the same database — hot mix flat out, then at 5,000/s —
+#            twice each, A B A B, so both see the same machine.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
 cd "$REPO_ROOT"
@@ -125,6 +129,29 @@ run() { # label, paybench args...
 }
 
 WALLETS_NOW="$WALLETS"
+if [[ -n "${AB_LEDGER:-}" ]]; then
+    [[ -x "$AB_LEDGER" ]] || { echo "AB_LEDGER=$AB_LEDGER is not an executable" >&2; exit 1; }
+    restart_ledger() { # binary
+        kill "$LEDGER_PID" 2>/dev/null; wait "$LEDGER_PID" 2>/dev/null || true
+        "$1" >>"$work/ledger.log" 2>&1 &
+        LEDGER_PID=$!
+        pids+=($!)
+        for _ in $(seq 1 60); do
+            "$BIN/payctl" status --listen-ms 1200 --expect ledger >/dev/null 2>&1 && break
+            sleep 0.5
+        done
+    }
+    for round in 1 2; do
+        for side in A B; do
+            if [[ $side == A ]]; then restart_ledger "$BIN/ledger"; else restart_ledger "$AB_LEDGER"; fi
+            run "$side (round $round): paybench hot mix, flat out, $WALLETS wallets" --mix hot --concurrency "$CONCURRENCY" --prefix "ab$round$side"
+            run "$side (round $round): paybench hot mix at 5,000/s, $WALLETS wallets" --mix hot --rate 5000 --prefix "ac$round$side"
+        done
+    done
+    say "reconcile"
+    "$BIN/payctl" reconcile
+    exit 0
+fi
 run "paybench hot mix, flat out, $WALLETS wallets" --mix hot --concurrency "$CONCURRENCY" --prefix a
 run "paybench uniform mix, flat out, $WALLETS wallets" --mix uniform --concurrency "$CONCURRENCY" --prefix b
 run "paybench hot mix at 5,000/s, $WALLETS wallets" --mix hot --rate 5000 --prefix c
