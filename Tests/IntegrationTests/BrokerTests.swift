@@ -281,13 +281,15 @@ struct BrokerTests {
             return BusReply(status: .exists, body: message.body)
         }
         let client = try bus.client("pos-gateway/7")
+        // Generous deadlines: the whole suite runs in parallel on two cores, and this test checks what
+        // travels, not how fast.
         #expect(await btEventually { worker.isRegistered })
 
         let body = AccountRef(accountId: "w-ü-🚀").encoded()
         let before = unixMillis()
         let reply = try await client.send(
             service: "echo", type: .accountShow, body: body, requestId: "req-a-1", correlation: "pay-42",
-            totalTimeout: .seconds(5))
+            totalTimeout: .seconds(20))
         #expect(reply.envelope.kind == .reply)
         #expect(reply.envelope.requestId == "req-a-1")
         #expect(reply.envelope.status == .exists)
@@ -311,12 +313,12 @@ struct BrokerTests {
 
         // The typed call decodes 2xx bodies and turns the rest into `rejected`.
         let (status, ref) = try await client.call(
-            service: "echo", type: .accountShow, AccountRef(accountId: "x"), as: AccountRef.self, totalTimeout: .seconds(5))
+            service: "echo", type: .accountShow, AccountRef(accountId: "x"), as: AccountRef.self, totalTimeout: .seconds(20))
         #expect(status == .exists)
         #expect(ref == AccountRef(accountId: "x"))
         do {
             _ = try await client.call(
-                service: "echo", type: .walletUnlock, AccountRef(accountId: "x"), as: AccountRef.self, totalTimeout: .seconds(5))
+                service: "echo", type: .walletUnlock, AccountRef(accountId: "x"), as: AccountRef.self, totalTimeout: .seconds(20))
             Issue.record("a 422 reply must throw")
         } catch {
             guard case .rejected(let status, let body) = error else {
@@ -326,7 +328,9 @@ struct BrokerTests {
             #expect(status == .declined)
             #expect(body == ErrorBody(code: "wrong_pin", message: "the PIN is wrong"))
         }
-        #expect(await btEventually { worker.worker.handledTotal == 3 && worker.worker.inFlight == 0 })
+        // At least the three calls (a client attempt that timed out on a loaded machine is sent again, and
+        // the worker handles that copy too).
+        #expect(await btEventually { worker.worker.handledTotal >= 3 && worker.worker.inFlight == 0 })
     }
 
     // (b)

@@ -100,8 +100,10 @@ public final class Ledger: Sendable {
         }
         let pinHash = pinHex
         let owner = request.ownerId
-        let outcome: (inserted: Bool, owner: String?, pinHex: String?)
+        let outcome: (inserted: Bool, owner: String?, pinHex: String?, stored: PGRows)
         do {
+            // One use of one pooled connection for the insert and the read-back: a call refused for want of a
+            // connection (503 database_busy) is refused before it has changed anything.
             outcome = try await pool.run { db in
                 let inserted = try db.query(
                     """
@@ -111,13 +113,16 @@ public final class Ledger: Sendable {
                     [request.accountId, String(request.kind.rawValue), request.currency, name, owner, pinHash]
                 ).count == 1
                 let stored = try db.query(
-                    "SELECT owner_id, encode(pin_hash, 'hex') FROM ledger.accounts WHERE id = $1", [request.accountId])
-                return (inserted, stored.count == 1 ? stored.string(0, 0) : nil, stored.count == 1 ? stored.string(0, 1) : nil)
+                    """
+                    SELECT id, kind, currency, name, credits - debits, locked, owner_id, encode(pin_hash, 'hex')
+                    FROM ledger.accounts WHERE id = $1
+                    """, [request.accountId])
+                return (inserted, stored.count == 1 ? stored.string(0, 6) : nil, stored.count == 1 ? stored.string(0, 7) : nil, stored)
             }
         } catch let error as PGError where error.isUniqueViolation {
             return .error(.conflict, "owner_has_account", "owner \(owner ?? "") already has an account")
         }
-        guard let info = try await show(request.accountId) else {
+        guard let info = Self.accountInfo(outcome.stored, id: request.accountId) else {
             return .error(.internalError, "internal_error", "account vanished after creation")
         }
         if outcome.inserted {
@@ -140,6 +145,11 @@ public final class Ledger: Sendable {
         let rows = try await pool.run { db in
             try db.query("SELECT id, kind, currency, name, credits - debits, locked FROM ledger.accounts WHERE id = $1", [id])
         }
+        return Self.accountInfo(rows, id: id)
+    }
+
+    /// An account from a row of `id, kind, currency, name, balance, locked` (more columns may follow).
+    static func accountInfo(_ rows: PGRows, id: String) -> AccountInfo? {
         guard rows.count == 1, let kind = AccountKind(rawValue: UInt8(rows.string(0, 1) ?? "") ?? 0) else { return nil }
         return AccountInfo(
             accountId: rows.string(0, 0) ?? id, kind: kind, currency: rows.string(0, 2) ?? "", name: rows.string(0, 3) ?? "",
