@@ -50,14 +50,19 @@ PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U wipay -d wipay)
 BUS_PID=$!
 pids+=($!)
 sleep 0.5
-"$BIN/ledger" >"$work/ledger.log" 2>&1 &
-LEDGER_PID=$!
-pids+=($!)
-for _ in $(seq 1 60); do
-    "$BIN/payctl" status --listen-ms 1200 --expect ledger >/dev/null 2>&1 && break
-    sleep 0.5
-done
-"$BIN/payctl" status --listen-ms 1200 --expect ledger >/dev/null || { cat "$work/ledger.log"; exit 1; }
+LEDGER_PID=""
+start_ledger() { # binary: (re)starts the one ledger and waits until payctl sees it
+    if [[ -n "$LEDGER_PID" ]]; then kill "$LEDGER_PID" 2>/dev/null; wait "$LEDGER_PID" 2>/dev/null || true; fi
+    "$1" >>"$work/ledger.log" 2>&1 &
+    LEDGER_PID=$!
+    pids+=($!)
+    for _ in $(seq 1 60); do
+        "$BIN/payctl" status --listen-ms 1200 --expect ledger >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    "$BIN/payctl" status --listen-ms 1200 --expect ledger >/dev/null || { cat "$work/ledger.log"; exit 1; }
+}
+start_ledger "$BIN/ledger"
 
 seed_wallets() { # FROM TO (exclusive)
     "${PSQL[@]}" -v from="$1" -v to="$2" -v secret="$WIPAY_PIN_SECRET" <<'SQL'
@@ -131,19 +136,9 @@ run() { # label, paybench args...
 WALLETS_NOW="$WALLETS"
 if [[ -n "${AB_LEDGER:-}" ]]; then
     [[ -x "$AB_LEDGER" ]] || { echo "AB_LEDGER=$AB_LEDGER is not an executable" >&2; exit 1; }
-    restart_ledger() { # binary
-        kill "$LEDGER_PID" 2>/dev/null; wait "$LEDGER_PID" 2>/dev/null || true
-        "$1" >>"$work/ledger.log" 2>&1 &
-        LEDGER_PID=$!
-        pids+=($!)
-        for _ in $(seq 1 60); do
-            "$BIN/payctl" status --listen-ms 1200 --expect ledger >/dev/null 2>&1 && break
-            sleep 0.5
-        done
-    }
     for round in 1 2; do
         for side in A B; do
-            if [[ $side == A ]]; then restart_ledger "$BIN/ledger"; else restart_ledger "$AB_LEDGER"; fi
+            if [[ $side == A ]]; then start_ledger "$BIN/ledger"; else start_ledger "$AB_LEDGER"; fi
             run "$side (round $round): paybench hot mix, flat out, $WALLETS wallets" --mix hot --concurrency "$CONCURRENCY" --prefix "ab$round$side"
             run "$side (round $round): paybench hot mix at 5,000/s, $WALLETS wallets" --mix hot --rate 5000 --prefix "ac$round$side"
         done

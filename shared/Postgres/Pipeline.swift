@@ -85,11 +85,11 @@ extension PGConnection {
                     newlyPrepared[statement.sql] = name
                     expected.append(.prepare(statement.sql))
                 }
-                sent = withCParameters(statement.parameters) { pointers in
+                sent = withParameterPointers(statement.parameters) { pointers in
                     PQsendQueryPrepared(conn, name, Int32(pointers.count), pointers, nil, nil, 0)
                 }
             } else {
-                sent = withCParameters(statement.parameters) { pointers in
+                sent = withParameterPointers(statement.parameters) { pointers in
                     PQsendQueryParams(conn, statement.sql, Int32(pointers.count), nil, pointers, nil, nil, 0)
                 }
             }
@@ -244,11 +244,4 @@ extension PGConnection {
             return .failure(error)
         }
     }
-}
-
-/// Calls `body` with C string pointers for `parameters` that stay valid during the call.
-func withCParameters<R>(_ parameters: [String?], _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
-    let storage: [UnsafeMutablePointer<CChar>?] = parameters.map { $0.map { strdup($0) } ?? nil }
-    defer { for pointer in storage { free(pointer) } }
-    return body(storage.map { $0.map { UnsafePointer($0) } })
 }

@@ -148,8 +148,4 @@ extension Router where Context == BasicRequestContext {
         get("openapi.yaml") { _, _ in GatewayResponse.openAPI(api) }
     }
 
-    /// `addGatewayBasics(service:api:)` for a service named after its gateway (`phone-gateway`, otherwise pos).
-    public func addGatewayBasics(service: String) {
-        addGatewayBasics(service: service, api: service.hasPrefix("phone") ? .phone : .pos)
-    }
 }

@@ -69,23 +69,10 @@ public final class BatchEngine: Sendable {
 
     /// Queues one transfer and waits for its answer (after the commit that holds it).
     public func post(_ post: TransferPost) async -> BusReply {
-        if stopping.load(ordering: .relaxed) {
-            return .error(.unavailable, "ledger_stopping", "this ledger instance is stopping; retry")
-        }
+        if stopping.load(ordering: .relaxed) { return Self.stoppingReply }
         return await withCheckedContinuation { continuation in
-            let (accepted, wake, full) = queue.withLock { queue -> (Bool, Bool, Bool) in
-                guard queue.jobs.count < settings.maxQueued else { return (false, false, false) }
-                queue.jobs.append(Job(post: post, reply: { continuation.resume(returning: $0) }))
-                let wake = queue.threadsWaiting > 0
-                if wake { queue.threadsWaiting -= 1 }
-                let full = queue.gathering > 0 && queue.jobs.count >= max(1, settings.maxBatch / 4)
-                if full { queue.gathering -= 1 }
-                return (true, wake, full)
-            }
-            if wake { signal.signal() }
-            if full { fuller.signal() }
-            if !accepted {
-                continuation.resume(returning: .error(.unavailable, "overloaded", "the ledger's queue is full; retry"))
+            if enqueue([Job(post: post, reply: { continuation.resume(returning: $0) })]) == 0 {
+                continuation.resume(returning: Self.overloadedReply)
             }
         }
     }
@@ -94,30 +81,35 @@ public final class BatchEngine: Sendable {
     /// What does not fit in the queue is answered `503 overloaded` (retry), the rest as `post` would.
     public func post(batch posts: [TransferPost]) async -> [BusReply] {
         guard !posts.isEmpty else { return [] }
-        if stopping.load(ordering: .relaxed) {
-            return posts.map { _ in .error(.unavailable, "ledger_stopping", "this ledger instance is stopping; retry") }
-        }
+        if stopping.load(ordering: .relaxed) { return posts.map { _ in Self.stoppingReply } }
         let collector = BatchCollector(count: posts.count)
         return await withCheckedContinuation { continuation in
             collector.onComplete { continuation.resume(returning: $0) }
-            let (refused, wake, full) = queue.withLock { queue -> (Range<Int>, Bool, Bool) in
-                let room = max(0, settings.maxQueued - queue.jobs.count)
-                let accepted = min(room, posts.count)
-                for index in 0..<accepted {
-                    queue.jobs.append(Job(post: posts[index], reply: { collector.set(index, $0) }))
-                }
-                let wake = accepted > 0 && queue.threadsWaiting > 0
-                if wake { queue.threadsWaiting -= 1 }
-                let full = accepted > 0 && queue.gathering > 0 && queue.jobs.count >= max(1, settings.maxBatch / 4)
-                if full { queue.gathering -= 1 }
-                return (accepted..<posts.count, wake, full)
-            }
-            if wake { signal.signal() }
-            if full { fuller.signal() }
-            for index in refused {
-                collector.set(index, .error(.unavailable, "overloaded", "the ledger's queue is full; retry"))
-            }
+            let jobs = posts.enumerated().map { index, post in Job(post: post, reply: { collector.set(index, $0) }) }
+            let accepted = enqueue(jobs)
+            for index in accepted..<posts.count { collector.set(index, Self.overloadedReply) }
         }
+    }
+
+    static let stoppingReply = BusReply.error(.unavailable, "ledger_stopping", "this ledger instance is stopping; retry")
+    static let overloadedReply = BusReply.error(.unavailable, "overloaded", "the ledger's queue is full; retry")
+
+    /// Appends as many of `jobs` as the queue has room for (in order) and wakes a batch thread when one
+    /// waits for work, or for a fuller batch that this makes full enough. Returns how many were queued.
+    private func enqueue(_ jobs: [Job]) -> Int {
+        let (accepted, wake, full) = queue.withLock { queue -> (Int, Bool, Bool) in
+            let accepted = min(max(0, settings.maxQueued - queue.jobs.count), jobs.count)
+            guard accepted > 0 else { return (0, false, false) }
+            queue.jobs.append(contentsOf: jobs.prefix(accepted))
+            let wake = queue.threadsWaiting > 0
+            if wake { queue.threadsWaiting -= 1 }
+            let full = queue.gathering > 0 && queue.jobs.count >= max(1, settings.maxBatch / 4)
+            if full { queue.gathering -= 1 }
+            return (accepted, wake, full)
+        }
+        if wake { signal.signal() }
+        if full { fuller.signal() }
+        return accepted
     }
 
     public var queued: Int { queue.withLock { $0.jobs.count } }

@@ -160,15 +160,17 @@ struct RouterWrites: Sendable {
         let now = p(String(nowMillis))
         var parts: [String] = []
         if let c = change {
+            // nil: a declined attempt, the request stays pending and keeps its final_at (none).
+            let status = p(c.status.map { String($0.rawValue) })
             parts.append(
                 """
-                UPDATE router.requests SET status = coalesce(\(p(c.status.map { String($0.rawValue) }))::smallint, status),
+                UPDATE router.requests SET status = coalesce(\(status)::smallint, status),
                     declined_attempts = declined_attempts + \(p(c.declinedAttempt ? "1" : "0"))::int,
                     payment_id = coalesce(\(p(c.paymentId)), payment_id), posted_at = coalesce(\(p(c.postedAtMillis.map(String.init)))::bigint, posted_at),
                     payer_account_id = coalesce(\(p(c.payerAccountId)), payer_account_id),
                     device_id = coalesce(\(p(c.deviceId)), device_id), payer_alias = coalesce(\(p(c.payerAlias)), payer_alias),
                     decline_code = coalesce(\(p(c.declineCode)), decline_code), cancel_key = coalesce(\(p(c.cancelKey)), cancel_key),
-                    final_at = CASE WHEN \(p(c.status == nil ? nil : "final"))::text IS NULL THEN final_at ELSE \(now)::bigint END
+                    final_at = CASE WHEN \(status)::smallint IS NULL THEN final_at ELSE \(now)::bigint END
                 WHERE id = \(p(c.requestId))
                 """)
         }
