@@ -586,6 +586,71 @@ struct RouterFlowTests {
             for id in ids { #expect(w.notifier.events(for: id) == ["payment.canceled"]) }
         }
     }
+
+    /// A burst of instructions is handled in batches, and inside a batch every promise holds: two phones
+    /// racing one request pay it once, the same key twice gets the first answer, an instruction refused on
+    /// its own (a device paying from another wallet, a bad PIN format) fails alone.
+    @Test func aBurstOfInstructionsIsHandledInBatchesWithEveryPromiseKept() async throws {
+        try await withRouterWorld { w in
+            let shop = try await w.shop()
+            var payers: [RTWorld.Payer] = []
+            var requests: [PaymentRequestInfo] = []
+            for i in 0..<24 {
+                payers.append(try await w.payer("Burst\(i)", balance: 10_000))
+                requests.append(try await w.newRequest(shop, amount: Int64(100 + i)))
+            }
+            let racer = try await w.payer("Racer", balance: 10_000)
+            let spare = try await w.newRequest(shop, amount: 5)
+            var submits = requests.indices.map { w.instruction(payers[$0], requests[$0], key: "burst-\($0)") }
+            submits.append(w.instruction(racer, requests[0], key: "racer"))
+            submits.append(w.instruction(payers[1], requests[1], key: "burst-1"))  // the same key and body again
+            var foreign = w.instruction(payers[2], requests[3], key: "foreign")
+            foreign.accountId = payers[3].accountId  // device of payer 2, wallet of payer 3
+            submits.append(foreign)
+            submits.append(w.instruction(payers[4], spare, key: "bad-pin", pin: "12"))
+            let replies = try await withThrowingTaskGroup(of: (Int, BusMessage).self) { group in
+                for (index, submit) in submits.enumerated() { group.addTask { (index, try await w.send(.instructionSubmit, submit)) } }
+                var out = [Int: BusMessage]()
+                for try await (index, reply) in group { out[index] = reply }
+                return out
+            }
+            func result(_ index: Int) -> (Status, InstructionResult?, String?) {
+                guard let reply = replies[index] else { return (.internalError, nil, "no reply") }
+                return (reply.envelope.status, try? InstructionResult.decode(reply.body), (try? ErrorBody.decode(reply.body))?.code)
+            }
+            // Request 0: the owner or the racer, exactly one.
+            let zero = [result(0), result(24)]
+            #expect(zero.filter { $0.0 == .ok && $0.1?.status == .succeeded }.count == 1, "\(zero)")
+            #expect(zero.filter { $0.0 == .declined && $0.1?.errorCode == "request_already_paid" }.count == 1, "\(zero)")
+            // Request 1: both answers are the one payment.
+            let first = result(1)
+            let again = result(25)
+            #expect(first.0 == .ok || first.0 == .exists)
+            #expect(again.0 == .ok || again.0 == .exists)
+            #expect(first.0 != again.0, "one pays, the other is the stored answer")
+            #expect(first.1?.paymentId != nil && first.1?.paymentId == again.1?.paymentId)
+            // The instructions refused alone.
+            #expect(result(26).0 == Status(rawValue: 403) && result(26).2 == "account_not_allowed")
+            #expect(result(27).0 == .badRequest, "bad PIN format: \(result(27))")
+            // Everything else paid, once.
+            for i in 2..<24 {
+                #expect(result(i).0 == .ok && result(i).1?.status == .succeeded, "request \(i): \(result(i))")
+            }
+            for (i, request) in requests.enumerated() {
+                let transfers = try await w.db.scalar(
+                    "SELECT count(*) FROM ledger.transfers WHERE payment_request_id = $1", [request.requestId])
+                #expect(transfers == 1, "request \(i)")
+            }
+            #expect(try await w.get(shop, spare.requestId).status == .pending, "a bad PIN format decides nothing")
+            let paidByRacer = try await w.balance(racer.accountId) < 10_000
+            let paidByOwner = try await w.balance(payers[0].accountId) < 10_000
+            #expect(paidByRacer != paidByOwner)
+            let stats = w.router.instructionBatches
+            #expect(stats.largest > 1, "the burst rode in batches: \(stats)")
+            #expect(stats.batches < submits.count)
+            await w.expectLedgerReconciled()
+        }
+    }
 }
 
 extension RTWorld {

@@ -120,6 +120,16 @@ public struct PayloadVerifier: Sendable {
         return fields.first { $0.tag == "82" }.map { String(String.UnicodeScalarView($0.value)) }
     }
 
+    /// The fields `text` claims, read without checking its CRC or signature: only to find which stored
+    /// request it names. A caller that trusts it must first find it byte for byte equal to a payload it
+    /// signed itself (the payment-router, against its stored request), or `verify` it.
+    public static func unverifiedFields(of text: String) -> PaymentPayload? {
+        guard !text.isEmpty, text.utf8.count <= PayloadLayout.maxBytes,
+            let fields = try? TLV.parse(Array(text.unicodeScalars))
+        else { return nil }
+        return try? PayloadFields.decode(fields)
+    }
+
     /// The payload in `text`, checked in this order: size and layout, CRC, signature, fields, expiry.
     public func verify(_ text: String, nowSeconds: Int64) throws(PayloadError) -> PaymentPayload {
         guard !text.isEmpty, text.utf8.count <= PayloadLayout.maxBytes else { throw .invalid("empty or too long") }

@@ -24,17 +24,50 @@ extension PaymentRouter {
             logger.warning("ledger did not answer", metadata: ["transfer.id": "\(post.transferId)", "error": "\(error)"])
             return .unavailable("\(error)")
         }
-        let status = reply.envelope.status
+        return ledgerAnswer(status: reply.envelope.status, body: reply.body, transferId: post.transferId)
+    }
+
+    /// What one `transfer.post` reply (or one outcome of a `transfer.post.batch` reply) says.
+    func ledgerAnswer(status: Status, body: [UInt8], transferId: String) -> LedgerAnswer {
         if status.isSuccess {
-            guard let result = try? TransferResult.decode(reply.body) else { return .unavailable("undecodable ledger reply") }
+            guard let result = try? TransferResult.decode(body) else { return .unavailable("undecodable ledger reply") }
             return .posted(result)
         }
-        let error = (try? ErrorBody.decode(reply.body)) ?? ErrorBody(code: "ledger_error", message: "ledger status \(status)")
+        let error = (try? ErrorBody.decode(body)) ?? ErrorBody(code: "ledger_error", message: "ledger status \(status)")
         if status.rawValue >= 500 {
-            logger.warning("ledger unavailable", metadata: ["transfer.id": "\(post.transferId)", "code": "\(error.code)"])
+            logger.warning("ledger unavailable", metadata: ["transfer.id": "\(transferId)", "code": "\(error.code)"])
             return .unavailable(error.code)
         }
         return .refused(status, error)
+    }
+
+    /// Posts a batch's transfers in one `transfer.post.batch`: one answer per transfer, in order. No answer
+    /// for the message is no answer for any of them (each is retried with its own id later). A ledger that
+    /// does not take batches (`unknown_type`) gets them one by one.
+    func postBatchToLedger(_ posts: [TransferPost], correlation: String) async -> [LedgerAnswer] {
+        guard posts.count > 1 else { return await posts.asyncMap { await postToLedger($0, correlation: correlation) } }
+        let start = ContinuousClock.now
+        defer { metrics.ledgerDuration.recordNanoseconds(Self.nanoseconds(ContinuousClock.now - start)) }
+        let reply: BusMessage
+        do {
+            reply = try await bus.send(
+                service: Self.ledgerService, type: .transferPostBatch, body: TransferPostBatch(transfers: posts).encoded(),
+                correlation: correlation)
+        } catch {
+            logger.warning("ledger did not answer a batch", metadata: ["count": "\(posts.count)", "error": "\(error)"])
+            return posts.map { _ in .unavailable("\(error)") }
+        }
+        let status = reply.envelope.status
+        if status == .unknownType {
+            return await posts.asyncMap { await postToLedger($0, correlation: correlation) }
+        }
+        guard status.isSuccess, let results = try? TransferPostResults.decode(reply.body), results.outcomes.count == posts.count
+        else {
+            let code = (try? ErrorBody.decode(reply.body))?.code ?? "undecodable"
+            logger.warning("ledger refused a batch", metadata: ["count": "\(posts.count)", "status": "\(status)", "code": "\(code)"])
+            return posts.map { _ in .unavailable(code) }
+        }
+        return zip(posts, results.outcomes).map { ledgerAnswer(status: $1.status, body: $1.body, transferId: $0.transferId) }
     }
 
     /// The payment transfer the ledger holds for `requestId`, nil when it holds none. Throws
@@ -78,5 +111,15 @@ extension PaymentRouter {
     static func nanoseconds(_ duration: Duration) -> Int64 {
         let (seconds, attoseconds) = duration.components
         return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}
+
+extension Array where Element: Sendable {
+    /// `map` with an async transform, one element after the other.
+    func asyncMap<T>(_ transform: (Element) async -> T) async -> [T] {
+        var out: [T] = []
+        out.reserveCapacity(count)
+        for element in self { out.append(await transform(element)) }
+        return out
     }
 }

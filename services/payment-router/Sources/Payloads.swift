@@ -83,6 +83,15 @@ extension Setting {
     public static let routerPoolSize = Setting(
         "WIPAY_ROUTER_DB_POOL", flag: "router-db-pool", default: "16",
         "payment-router: PostgreSQL connections (1...256); an instruction holds one while the ledger answers.")
+    public static let routerBatchMax = Setting(
+        "WIPAY_ROUTER_BATCH_MAX", flag: "router-batch-max", default: "64",
+        "payment-router: most instructions handled as one batch (1...200): one lookup trip, one commit of attempts, one ledger call, one commit of outcomes.")
+    public static let routerBatches = Setting(
+        "WIPAY_ROUTER_BATCHES", flag: "router-batches", default: "2",
+        "payment-router: instruction batches in flight at once (1...16); each holds one database connection.")
+    public static let routerBatchWaitMicros = Setting(
+        "WIPAY_ROUTER_BATCH_WAIT_US", flag: "router-batch-wait-us", default: "0",
+        "payment-router: how long a batch that is not full waits for more instructions (microseconds, 0...100000); 0 takes what queued while the last batch ran.")
     public static let maxDeclinedAttempts = Setting(
         "WIPAY_MAX_DECLINED_ATTEMPTS", flag: "max-declined-attempts", default: "5",
         "payment-router: declined instruction attempts (wrong PIN, insufficient funds, locked wallet, other currency) a request takes before it is final declined (1...100).")
@@ -97,11 +106,31 @@ public struct RouterSettings: Sendable {
     public var attemptGrace: Duration
     /// Declined attempts a request takes before it is final `declined` (`attempts_exhausted`).
     public var maxDeclinedAttempts: Int
+    /// How instructions are batched.
+    public var batches: BatchSettings
+
+    /// Group commit of instructions (docs/payment-flow.md, "Batches").
+    public struct BatchSettings: Sendable {
+        /// Most instructions per batch.
+        public var maxSize: Int
+        /// Batches in flight at once (each holds a connection).
+        public var inFlight: Int
+        /// How long a batch that is not full waits for more; zero takes what queued meanwhile.
+        public var wait: Duration
+
+        public init(maxSize: Int = 64, inFlight: Int = 2, wait: Duration = .zero) {
+            self.maxSize = min(max(maxSize, 1), 200)
+            self.inFlight = min(max(inFlight, 1), 16)
+            self.wait = wait
+        }
+    }
 
     public init(
         sweepInterval: Duration = .seconds(1), outboxInterval: Duration = .milliseconds(200), poolSize: Int = 16,
-        attemptGrace: Duration = .seconds(10), maxDeclinedAttempts: Int = RequestStateMachine.defaultMaxDeclinedAttempts
+        attemptGrace: Duration = .seconds(10), maxDeclinedAttempts: Int = RequestStateMachine.defaultMaxDeclinedAttempts,
+        batches: BatchSettings = BatchSettings()
     ) {
+        self.batches = batches
         self.maxDeclinedAttempts = min(
             max(maxDeclinedAttempts, RequestStateMachine.maxDeclinedAttemptsRange.lowerBound),
             RequestStateMachine.maxDeclinedAttemptsRange.upperBound)
@@ -116,6 +145,9 @@ public struct RouterSettings: Sendable {
             sweepInterval: .milliseconds(try values.int(.sweepIntervalMillis, range: 50...60_000)),
             outboxInterval: .milliseconds(try values.int(.outboxIntervalMillis, range: 10...60_000)),
             poolSize: try values.int(.routerPoolSize, range: 1...256),
-            maxDeclinedAttempts: try values.int(.maxDeclinedAttempts, range: RequestStateMachine.maxDeclinedAttemptsRange))
+            maxDeclinedAttempts: try values.int(.maxDeclinedAttempts, range: RequestStateMachine.maxDeclinedAttemptsRange),
+            batches: BatchSettings(
+                maxSize: try values.int(.routerBatchMax, range: 1...200), inFlight: try values.int(.routerBatches, range: 1...16),
+                wait: .microseconds(try values.int(.routerBatchWaitMicros, range: 0...100_000))))
     }
 }

@@ -3,6 +3,7 @@ import Logging
 import Metrics
 import Postgres
 import WiPayBus
+import WiPayPayload
 import WiPayRuntime
 
 /// The payment-router stage: payment requests and their state machine, onboarding (merchants, terminals,
@@ -18,6 +19,8 @@ public final class PaymentRouter: Sendable {
     let metrics = RouterMetrics()
     /// Rung after a commit that inserted outbox rows: the relay delivers them at once.
     let outboxBell = Doorbell()
+    /// Instructions wait here to be handled as batches (`submitInstructions`).
+    let instructions: GroupCommitQueue<InstructionSubmit>
 
     /// How long a device signature is remembered: past twice the gateways' ±300 s window it is refused
     /// as stale anyway.
@@ -36,7 +39,18 @@ public final class PaymentRouter: Sendable {
         self.payloads = payloads
         self.settings = settings
         self.logger = logger
+        let batches = settings.batches
+        instructions = GroupCommitQueue(
+            name: "instruction", maxBatch: batches.maxSize, maxInFlight: batches.inFlight, wait: batches.wait,
+            keys: { submit in
+                // One request, one device's key: never twice in a batch, never in two at once.
+                let request = PayloadVerifier.unverifiedFields(of: submit.payload)?.requestId ?? ""
+                return ["r:" + request, "k:" + submit.deviceId + "\u{0}" + submit.idempotencyKey]
+            })
     }
+
+    /// Instruction batches handled so far, and the largest (tests and diagnostics).
+    public var instructionBatches: (batches: Int, largest: Int) { instructions.stats }
 
     /// Applies migrations, retrying while PostgreSQL is not up yet (bounded: `timeout`).
     public func migrate(timeout: Duration = .seconds(30)) async throws {
@@ -66,7 +80,9 @@ public final class PaymentRouter: Sendable {
             case .requestCreate: reply = try await createRequest(try RequestCreate.decode(message.body))
             case .requestGet: reply = try await getRequest(try RequestRef.decode(message.body))
             case .requestCancel: reply = try await cancelRequest(try RequestRef.decode(message.body))
-            case .instructionSubmit: reply = try await submitInstruction(try InstructionSubmit.decode(message.body))
+            case .instructionSubmit: reply = await instructions.submit(try InstructionSubmit.decode(message.body)) { [self] in
+                    await submitInstructions($0)
+                }
             case .refundCreate: reply = try await createRefund(try RefundCreate.decode(message.body))
             case .merchantAdd: reply = try await addMerchant(try MerchantAdd.decode(message.body), message.envelope)
             case .terminalAdd: reply = try await addTerminal(try TerminalAdd.decode(message.body))
@@ -80,24 +96,33 @@ public final class PaymentRouter: Sendable {
             default:
                 reply = .error(.unknownType, "unknown_type", "the payment-router does not handle \(type)")
             }
-        } catch let error as RouterError {
-            reply = error.reply
-        } catch let error as BusDecodeError {
-            reply = .error(.badRequest, "bad_request", "\(error)")
-        } catch let error as PGError where error.isDataError {
-            reply = .error(.badRequest, "bad_request", "the request holds data the router cannot store: \(error.message)")
-        } catch let error as PGError where error.isPoolBusy {
-            logger.warning("database busy", metadata: ["error": "\(error)", "bus.type": "\(type)"])
-            reply = .error(.unavailable, "database_busy", "the router's database connections are all busy; retry")
-        } catch let error as PGError {
-            logger.error("database error", metadata: ["error": "\(error)", "bus.type": "\(type)"])
-            reply = .error(.unavailable, "router_unavailable", "the router's database is not available; retry")
         } catch {
-            logger.error("unexpected error", metadata: ["error": "\(error)", "bus.type": "\(type)"])
-            reply = .error(.internalError, "internal_error", "unexpected router error")
+            reply = errorReply(error, type: type)
         }
         metrics.request(type, reply.status)
         return reply
+    }
+
+    /// The answer to a handler's error: a `RouterError` as it is, PostgreSQL's errors as the contract's
+    /// `bad_request`, `database_busy` (503) or `router_unavailable` (503).
+    func errorReply(_ error: any Error, type: MessageType) -> BusReply {
+        switch error {
+        case let error as RouterError:
+            return error.reply
+        case let error as BusDecodeError:
+            return .error(.badRequest, "bad_request", "\(error)")
+        case let error as PGError where error.isDataError:
+            return .error(.badRequest, "bad_request", "the request holds data the router cannot store: \(error.message)")
+        case let error as PGError where error.isPoolBusy:
+            logger.warning("database busy", metadata: ["error": "\(error)", "bus.type": "\(type)"])
+            return .error(.unavailable, "database_busy", "the router's database connections are all busy; retry")
+        case let error as PGError:
+            logger.error("database error", metadata: ["error": "\(error)", "bus.type": "\(type)"])
+            return .error(.unavailable, "router_unavailable", "the router's database is not available; retry")
+        default:
+            logger.error("unexpected error", metadata: ["error": "\(error)", "bus.type": "\(type)"])
+            return .error(.internalError, "internal_error", "unexpected router error")
+        }
     }
 }
 
@@ -182,6 +207,8 @@ final class RouterMetrics: Sendable {
     private let outcomes = Locked<[String: Counter]>([:])
     let outboxPending = Gauge(label: "wipay.router.outbox.pending")
     let ledgerDuration = Timer(label: "wipay.router.ledger.duration", preferredDisplayUnit: .seconds)
+    /// Instructions a batch could not take, handled on their own.
+    let instructionsAlone = Counter(label: "wipay.router.instructions.alone")
 
     func request(_ type: MessageType, _ status: Status) {
         let key = UInt32(type.rawValue) << 16 | UInt32(status.rawValue)

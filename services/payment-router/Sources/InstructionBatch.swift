@@ -1,0 +1,164 @@
+import Logging
+import Postgres
+import WiPayBus
+
+/// Instructions as batches (docs/payment-flow.md, "Batches"): what `GroupCommitQueue` hands over at once is
+/// handled on one connection in three trips and one ledger call, whatever its size:
+///
+/// 1. the lookups, pipelined (one commit for the batch's remembered signatures);
+/// 2. `BEGIN`, the attempt rows, `COMMIT` (each attempt is durable before the ledger sees its transfer),
+///    then `BEGIN` and one `SELECT … FOR UPDATE` of every request in id order;
+/// 3. after one `transfer.post.batch`, the outcomes, outbox and trace rows, and `COMMIT`.
+///
+/// Then every caller is answered. The queue never puts two instructions for one request, or one device's
+/// key twice, in a batch (and this code checks again). An instruction the batch cannot take (a statement of
+/// the batch failed, the connection went, a duplicate) goes on its own afterwards (`submitInstruction`),
+/// which is safe to repeat: the lookup finds the committed answer, the attempt insert is idempotent, and the
+/// ledger answers `exists` for a transfer it holds. So an invalid instruction fails alone, never its batch.
+extension PaymentRouter {
+    /// The instructions of one batch, one reply each, in order.
+    func submitInstructions(_ submits: [InstructionSubmit]) async -> [BusReply] {
+        var replies = [BusReply?](repeating: nil, count: submits.count)
+        var checked: [(index: Int, item: CheckedInstruction)] = []
+        for (index, submit) in submits.enumerated() {
+            do {
+                checked.append((index, try Self.check(submit)))
+            } catch {
+                replies[index] = errorReply(error, type: .instructionSubmit)
+            }
+        }
+        if !checked.isEmpty {
+            do {
+                let answered = try await db.withLease { lease in try await instructionBatch(checked, lease: lease) }
+                for (index, reply) in answered { replies[index] = reply }
+            } catch {
+                logger.warning(
+                    "instruction batch failed; its instructions go one by one",
+                    metadata: ["batch.size": "\(checked.count)", "error": "\(error)"])
+            }
+        }
+        var alone = 0
+        for index in replies.indices where replies[index] == nil {
+            alone += 1
+            do {
+                replies[index] = try await submitInstruction(submits[index])
+            } catch {
+                replies[index] = errorReply(error, type: .instructionSubmit)
+            }
+        }
+        if alone > 0 { metrics.instructionsAlone.increment(by: alone) }
+        return replies.map { $0 ?? .error(.internalError, "internal_error", "no reply for an instruction") }
+    }
+
+    /// The batch's three trips on `lease`. Returns the answers it decided; an instruction it leaves out goes
+    /// on its own. A failure inside a trip rolls back what that trip began.
+    private func instructionBatch(
+        _ checked: [(index: Int, item: CheckedInstruction)], lease: RouterDatabase.Lease
+    ) async throws -> [(Int, BusReply)] {
+        // 1. The lookups. PostgreSQL runs a pipeline's statements in one implicit transaction: when one fails,
+        //    none of the batch's signatures was remembered, so all of them go alone.
+        let now = unixMillis()
+        let lookups = checked.map { PGStatement(Self.instructionLookupSQL, $0.item.lookupParameters(nowMillis: now)) }
+        let found = try await lease.run { try $0.pipeline(lookups) }
+        var lookedUp: [PGRows] = []
+        for result in found {
+            guard case .success(let rows) = result, rows.count == 1 else { return [] }
+            lookedUp.append(rows)
+        }
+        var answered: [(Int, BusReply)] = []
+        var proceeding: [(index: Int, context: InstructionContext, request: RequestRow)] = []
+        var requests: Set<String> = []
+        var transfers: Set<String> = []
+        for ((index, item), rows) in zip(checked, lookedUp) {
+            do {
+                let verdict = try await evaluate(item, columns: rows.rows[0], nowMillis: now) { digest in
+                    try await rereadSignature(digest) { try await lease.query($0, $1) }
+                }
+                switch verdict {
+                case .answer(let reply):
+                    answered.append((index, reply))
+                case .proceed(let context, let request):
+                    // A second instruction for the same request (or key) waits for this batch: it goes alone.
+                    guard requests.insert(request.id).inserted, transfers.insert(context.transferId).inserted else { continue }
+                    proceeding.append((index, context, request))
+                }
+            } catch {
+                answered.append((index, errorReply(error, type: .instructionSubmit)))
+            }
+        }
+        guard !proceeding.isEmpty else { return answered }
+
+        // 2. The attempts commit; then the requests are locked, in id order (no deadlock between batches).
+        let attempts = proceeding.map { Self.attemptStatement($0.context, requestId: $0.request.id, nowMillis: now) }
+        let lock = PGStatement(
+            "SELECT \(RequestRow.columns) FROM \(RequestRow.from) WHERE r.id = ANY($1::text[]) ORDER BY r.id FOR UPDATE OF r",
+            [PGArray.text(proceeding.map(\.request.id))])
+        let second = try await lease.run { try $0.pipeline([.begin] + attempts + [.commit, .begin, lock]) }
+        guard case .success(let lockedRows)? = second.last, second.allSatisfy({ if case .success = $0 { true } else { false } })
+        else {
+            _ = try? await lease.run { $0.rollbackIfNeeded() }
+            return answered
+        }
+        do {
+            var locked: [String: RequestRow] = [:]
+            for row in lockedRows.rows {
+                let request = try RequestRow(row: row)
+                locked[request.id] = request
+            }
+            // 3. Decide; one ledger call for every transfer; the outcomes and their outbox rows in one commit.
+            let at = unixMillis()
+            var settled: [Int: SettledInstruction] = [:]
+            var posts: [(position: Int, post: TransferPost, recorded: Bool)] = []
+            for (position, item) in proceeding.enumerated() {
+                guard let row = locked[item.request.id] else {
+                    answered.append((item.index, RouterError.corrupt("request vanished").reply))
+                    continue
+                }
+                switch plan(item.context, row: row, atMillis: at) {
+                case .decided(let decided): settled[position] = decided
+                case .post(let post, let recorded): posts.append((position, post, recorded))
+                }
+            }
+            if !posts.isEmpty {
+                let answers = await postBatchToLedger(posts.map(\.post), correlation: proceeding[posts[0].position].request.id)
+                for (post, answer) in zip(posts, answers) {
+                    let item = proceeding[post.position]
+                    guard let row = locked[item.request.id] else { continue }
+                    do {
+                        settled[post.position] = try await settle(
+                            item.context, row: row, answer: answer, recorded: post.recorded, lease: lease, atMillis: at)
+                    } catch let error as RouterError {
+                        // Nothing written for it (no decision about the request): answered now.
+                        answered.append((item.index, error.reply))
+                    }
+                }
+            }
+            let order = settled.keys.sorted()
+            var writes: [PGStatement] = []
+            for position in order {
+                guard let decided = settled[position], !decided.writes.isEmpty else { continue }
+                let (sql, parameters) = decided.writes.statement(nowMillis: at)
+                writes.append(PGStatement(sql, parameters))
+            }
+            let statements = writes + [.commit]
+            let written = try await lease.run { try $0.pipeline(statements) }
+            guard written.allSatisfy({ if case .success = $0 { true } else { false } }) else {
+                // Nothing of this trip committed: the settled instructions go alone (their transfers are
+                // posted: the ledger answers `exists`).
+                _ = try? await lease.run { $0.rollbackIfNeeded() }
+                logger.warning("instruction batch outcomes did not commit; they go one by one", metadata: ["count": "\(order.count)"])
+                return answered
+            }
+            for position in order {
+                guard let decided = settled[position] else { continue }
+                let item = proceeding[position]
+                finished(decided, requestId: item.request.id, deviceId: item.context.submit.deviceId)
+                answered.append((item.index, Self.reply(decided.stored)))
+            }
+            return answered
+        } catch {
+            _ = try? await lease.run { $0.rollbackIfNeeded() }
+            throw error
+        }
+    }
+}
