@@ -651,6 +651,39 @@ struct RouterFlowTests {
             await w.expectLedgerReconciled()
         }
     }
+
+    /// A burst of creates rides in batches: the same key twice makes one request, a create against the
+    /// merchant's rule fails alone, every other create gets its own request.
+    @Test func aBurstOfCreatesIsHandledInBatches() async throws {
+        try await withRouterWorld { w in
+            let shop = try await w.shop()
+            var creates = (0..<30).map { w.create(shop, amount: Int64(10 + $0), key: "burst-\($0)") }
+            creates.append(w.create(shop, amount: 10, key: "burst-0"))  // the same key and body again
+            creates.append(w.create(shop, amount: 99, currency: "EUR", key: "euro"))
+            let replies = try await withThrowingTaskGroup(of: (Int, BusMessage).self) { group in
+                for (index, create) in creates.enumerated() { group.addTask { (index, try await w.send(.requestCreate, create)) } }
+                var out = [Int: BusMessage]()
+                for try await (index, reply) in group { out[index] = reply }
+                return out
+            }
+            func info(_ index: Int) -> PaymentRequestInfo? { replies[index].flatMap { try? PaymentRequestInfo.decode($0.body) } }
+            var ids = Set<String>()
+            for index in 0..<30 {
+                #expect(replies[index]?.envelope.status.isSuccess == true, "create \(index)")
+                if let id = info(index)?.requestId { ids.insert(id) }
+                #expect(info(index)?.amountMinor == Int64(10 + index))
+            }
+            #expect(ids.count == 30)
+            let statuses = [replies[0]?.envelope.status, replies[30]?.envelope.status]
+            #expect(statuses.contains(.ok) && statuses.contains(.exists), "\(statuses)")
+            #expect(info(0)?.requestId == info(30)?.requestId)
+            #expect(replies[31]?.envelope.status == .declined)
+            #expect(replies[31].flatMap { try? ErrorBody.decode($0.body) }?.code == "currency_mismatch")
+            #expect(try await w.db.scalar("SELECT count(*) FROM router.requests WHERE terminal_id = $1", [shop.terminal.terminalId]) == 30)
+            let stats = w.router.createBatches
+            #expect(stats.largest > 1, "the burst rode in batches: \(stats)")
+        }
+    }
 }
 
 extension RTWorld {

@@ -43,6 +43,8 @@ extension PaymentRouter {
         /// The request the payload names, read without verifying it: it only picks the stored request to
         /// compare the payload with ("" when the payload names none).
         let claimedRequestId: String
+        /// The expiry the payload states (trusted once the payload is found equal to the stored one).
+        let claimedExpiresAtSeconds: Int64
 
         func lookupParameters(nowMillis: Int64) -> [String?] {
             [submit.deviceId, key, claimedRequestId, submit.signatureDigest, submit.bodyHash, String(nowMillis)]
@@ -93,8 +95,11 @@ extension PaymentRouter {
         guard digest.isEmpty || isHexDigest(digest) else {
             throw RouterError.invalid("bad_request", "signature_digest must be a lowercase hex SHA-256")
         }
-        let claimed = PayloadVerifier.unverifiedFields(of: submit.payload)?.requestId ?? ""
-        return CheckedInstruction(submit: submit, key: key, claimedRequestId: RouterLimits.isPlausibleId(claimed) ? claimed : "")
+        let claimed = PayloadVerifier.unverifiedFields(of: submit.payload)
+        let requestId = claimed?.requestId ?? ""
+        return CheckedInstruction(
+            submit: submit, key: key, claimedRequestId: RouterLimits.isPlausibleId(requestId) ? requestId : "",
+            claimedExpiresAtSeconds: claimed?.expiresAtSeconds ?? 0)
     }
 
     /// Judges one lookup row (`instructionLookupSQL`): a replayed signature, a repeat of a stored answer, a
@@ -145,7 +150,8 @@ extension PaymentRouter {
         guard let request, request.payload == submit.payload else {
             return .answer(payloadRefusal(submit, nowMillis: nowMillis))
         }
-        if nowMillis / 1000 > request.expiresAtMillis / 1000 {
+        // The payload's own expiry, as a verified payload's would be checked (the row's is the state machine's).
+        if nowMillis / 1000 > checked.claimedExpiresAtSeconds {
             return .answer(
                 declined(
                     InstructionResult(

@@ -21,6 +21,8 @@ public final class PaymentRouter: Sendable {
     let outboxBell = Doorbell()
     /// Instructions wait here to be handled as batches (`submitInstructions`).
     let instructions: GroupCommitQueue<InstructionSubmit>
+    /// Creates wait here to be handled as batches (`createRequests`).
+    let creates: GroupCommitQueue<RequestCreate>
 
     /// How long a device signature is remembered: past twice the gateways' ±300 s window it is refused
     /// as stale anyway.
@@ -47,10 +49,15 @@ public final class PaymentRouter: Sendable {
                 let request = PayloadVerifier.unverifiedFields(of: submit.payload)?.requestId ?? ""
                 return ["r:" + request, "k:" + submit.deviceId + "\u{0}" + submit.idempotencyKey]
             })
+        creates = GroupCommitQueue(
+            name: "create", maxBatch: batches.maxSize, maxInFlight: batches.inFlight, wait: batches.wait,
+            keys: { create in ["t:" + create.terminalId + "\u{0}" + create.idempotencyKey] })
     }
 
     /// Instruction batches handled so far, and the largest (tests and diagnostics).
     public var instructionBatches: (batches: Int, largest: Int) { instructions.stats }
+    /// Create batches handled so far, and the largest.
+    public var createBatches: (batches: Int, largest: Int) { creates.stats }
 
     /// Applies migrations, retrying while PostgreSQL is not up yet (bounded: `timeout`).
     public func migrate(timeout: Duration = .seconds(30)) async throws {
@@ -77,7 +84,8 @@ public final class PaymentRouter: Sendable {
         do {
             switch type {
             case .ping: reply = .ok(Empty())
-            case .requestCreate: reply = try await createRequest(try RequestCreate.decode(message.body))
+            case .requestCreate:
+                reply = await creates.submit(try RequestCreate.decode(message.body)) { [self] in await createRequests($0) }
             case .requestGet: reply = try await getRequest(try RequestRef.decode(message.body))
             case .requestCancel: reply = try await cancelRequest(try RequestRef.decode(message.body))
             case .instructionSubmit: reply = await instructions.submit(try InstructionSubmit.decode(message.body)) { [self] in

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Postgres
 import WiPayBus
 import WiPayPayload
 
@@ -7,7 +8,40 @@ import WiPayPayload
 extension PaymentRouter {
     static let expiresInRange: ClosedRange<Int64> = 10...900
 
-    func createRequest(_ create: RequestCreate) async throws -> BusReply {
+    /// A create whose fields passed the checks that need no I/O.
+    struct CheckedCreate: Sendable {
+        let create: RequestCreate
+        let key: String
+    }
+
+    /// What the lookup says of a create: its answer now, or the insert of a new request.
+    enum CreateVerdict: Sendable {
+        case answer(BusReply)
+        case insert(PGStatement, requestId: String)
+    }
+
+    /// One query: the first answer for the same key (same body → `exists`, another body → conflict), and the
+    /// terminal's merchant.
+    static let createLookupSQL = """
+        SELECT tm.name, tm.currency, \(RequestRow.columns)
+        FROM (SELECT 1) AS one
+        LEFT JOIN (router.terminals t JOIN router.merchants tm ON tm.id = t.merchant_id) ON t.id = $1 AND t.merchant_id = $2
+        LEFT JOIN (router.requests r JOIN router.merchants m ON m.id = r.merchant_id) ON r.terminal_id = $1 AND r.idem_key = $3
+        """
+
+    /// The insert answers with the whole row (no second read); none when a create with the same key won.
+    static let createInsertSQL = """
+        WITH r AS (
+            INSERT INTO router.requests (id, merchant_id, terminal_id, amount, currency, reference, description, status,
+                created_at, expires_at, payload, idem_key, body_hash)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12)
+            ON CONFLICT (terminal_id, idem_key) DO NOTHING RETURNING *),
+        t AS (INSERT INTO router.trace (request_id, at, stage, event, detail)
+            SELECT id, $8, 'payment-router', 'created', $13 FROM r)
+        SELECT \(RequestRow.columns) FROM r JOIN router.merchants m ON m.id = r.merchant_id
+        """
+
+    static func check(_ create: RequestCreate) throws(RouterError) -> CheckedCreate {
         let key = try RouterLimits.checkIdempotencyKey(create.idempotencyKey)
         try RouterLimits.checkBodyHash(create.bodyHash)
         try RouterLimits.checkAmount(create.amountMinor)
@@ -24,21 +58,17 @@ extension PaymentRouter {
         guard RouterLimits.isPlausibleId(create.terminalId), RouterLimits.isPlausibleId(create.merchantId) else {
             throw RouterError.notFound("terminal_not_found", "no terminal \(create.terminalId) of merchant \(create.merchantId)")
         }
-        // One query: the first answer for the same key (same body → `exists`, another body → conflict), and
-        // the terminal's merchant.
-        let found = try await db.query(
-            """
-            SELECT tm.name, tm.currency, \(RequestRow.columns)
-            FROM (SELECT 1) AS one
-            LEFT JOIN (router.terminals t JOIN router.merchants tm ON tm.id = t.merchant_id) ON t.id = $1 AND t.merchant_id = $2
-            LEFT JOIN (router.requests r JOIN router.merchants m ON m.id = r.merchant_id) ON r.terminal_id = $1 AND r.idem_key = $3
-            """, [create.terminalId, create.merchantId, key])
-        guard found.count == 1 else { throw RouterError.corrupt("request lookup") }
-        let columns = found.rows[0]
+        return CheckedCreate(create: create, key: key)
+    }
+
+    /// Judges one lookup row (`createLookupSQL`); for a new request, signs its payload and returns its insert.
+    func evaluate(_ checked: CheckedCreate, columns: [String?]) throws -> CreateVerdict {
+        let create = checked.create
+        guard columns.count >= 2 + 22 else { throw RouterError.corrupt("request lookup") }
         if columns[2] != nil {
             let existing = try RequestRow(row: Array(columns[2...]))
             guard existing.bodyHash == create.bodyHash else { throw RouterError.idempotencyKeyReused }
-            return .ok(existing.info, status: .exists)
+            return .answer(.ok(existing.info, status: .exists))
         }
         guard let merchantName = columns[0], let merchantCurrency = columns[1] else {
             throw RouterError.notFound("terminal_not_found", "no terminal \(create.terminalId) of merchant \(create.merchantId)")
@@ -60,36 +90,106 @@ extension PaymentRouter {
             logger.error("cannot sign a payload", metadata: ["error": "\(error)", "request.id": "\(id)"])
             throw RouterError(.internalError, "internal_error", "the payload could not be signed")
         }
-        // The insert answers with the whole row (no second read).
-        let inserted = try await db.query(
-            """
-            WITH r AS (
-                INSERT INTO router.requests (id, merchant_id, terminal_id, amount, currency, reference, description, status,
-                    created_at, expires_at, payload, idem_key, body_hash)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12)
-                ON CONFLICT (terminal_id, idem_key) DO NOTHING RETURNING *),
-            t AS (INSERT INTO router.trace (request_id, at, stage, event, detail)
-                SELECT id, $8, 'payment-router', 'created', $13 FROM r)
-            SELECT \(RequestRow.columns) FROM r JOIN router.merchants m ON m.id = r.merchant_id
-            """,
+        let insert = PGStatement(
+            Self.createInsertSQL,
             [
                 id, create.merchantId, create.terminalId, String(create.amountMinor), create.currency, create.reference,
-                create.description, String(now), String(expiresAtSeconds * 1000), payload, key, create.bodyHash,
+                create.description, String(now), String(expiresAtSeconds * 1000), payload, checked.key, create.bodyHash,
                 "\(create.amountMinor) \(create.currency) by terminal \(create.terminalId), expires in \(create.expiresInSeconds)s",
             ])
+        return .insert(insert, requestId: id)
+    }
+
+    /// The answer to a create whose insert ran: the new row, or (none inserted: a concurrent create with the
+    /// same key won) that one's answer.
+    func created(_ checked: CheckedCreate, inserted: PGRows, requestId: String) async throws -> BusReply {
         guard inserted.count == 1 else {
-            // A concurrent create with the same key won: answer as its repeat.
-            guard let existing = try await existingRequest(terminalId: create.terminalId, key: key) else {
+            guard let existing = try await existingRequest(terminalId: checked.create.terminalId, key: checked.key) else {
                 throw RouterError(.unavailable, "router_busy", "retry with the same idempotency key")
             }
-            guard existing.bodyHash == create.bodyHash else { throw RouterError.idempotencyKeyReused }
+            guard existing.bodyHash == checked.create.bodyHash else { throw RouterError.idempotencyKeyReused }
             return .ok(existing.info, status: .exists)
         }
         let row = try RequestRow(row: inserted.rows[0])
         logger.debug(
             "payment request created",
-            metadata: ["request.id": "\(id)", "terminal.id": "\(create.terminalId)", "amount": "\(create.amountMinor)"])
+            metadata: ["request.id": "\(requestId)", "terminal.id": "\(checked.create.terminalId)", "amount": "\(checked.create.amountMinor)"])
         return .ok(row.info)
+    }
+
+    /// One create on its own: the path a batch falls back to (see `createRequests`).
+    func createRequest(_ create: RequestCreate) async throws -> BusReply {
+        let checked = try Self.check(create)
+        let found = try await db.query(Self.createLookupSQL, [create.terminalId, create.merchantId, checked.key])
+        guard found.count == 1 else { throw RouterError.corrupt("request lookup") }
+        switch try evaluate(checked, columns: found.rows[0]) {
+        case .answer(let reply):
+            return reply
+        case .insert(let insert, let requestId):
+            let inserted = try await db.query(insert.sql, insert.parameters)
+            return try await created(checked, inserted: inserted, requestId: requestId)
+        }
+    }
+
+    /// Creates as one batch: the lookups in one trip, the payloads signed, the inserts in one trip and one
+    /// commit. A create the batch cannot take (its lookup failed, an insert of the batch failed, a concurrent
+    /// create with its key) goes on its own afterwards: an invalid create fails alone.
+    func createRequests(_ creates: [RequestCreate]) async -> [BusReply] {
+        var replies = [BusReply?](repeating: nil, count: creates.count)
+        var checked: [(index: Int, item: CheckedCreate)] = []
+        for (index, create) in creates.enumerated() {
+            do {
+                checked.append((index, try Self.check(create)))
+            } catch {
+                replies[index] = errorReply(error, type: .requestCreate)
+            }
+        }
+        if !checked.isEmpty {
+            do {
+                let answered = try await db.withLease { lease -> [(Int, BusReply)] in
+                    let lookups = checked.map {
+                        PGStatement(Self.createLookupSQL, [$0.item.create.terminalId, $0.item.create.merchantId, $0.item.key])
+                    }
+                    let found = try await lease.run { try $0.pipeline(lookups) }
+                    var answered: [(Int, BusReply)] = []
+                    var inserts: [(index: Int, item: CheckedCreate, statement: PGStatement, requestId: String)] = []
+                    for ((index, item), result) in zip(checked, found) {
+                        guard case .success(let rows) = result, rows.count == 1 else { continue }
+                        do {
+                            switch try evaluate(item, columns: rows.rows[0]) {
+                            case .answer(let reply): answered.append((index, reply))
+                            case .insert(let statement, let id): inserts.append((index, item, statement, id))
+                            }
+                        } catch {
+                            answered.append((index, errorReply(error, type: .requestCreate)))
+                        }
+                    }
+                    guard !inserts.isEmpty else { return answered }
+                    // One implicit transaction: all inserts commit at the sync, or none does.
+                    let statements = inserts.map(\.statement)
+                    let written = try await lease.run { try $0.pipeline(statements) }
+                    guard written.allSatisfy({ if case .success = $0 { true } else { false } }) else { return answered }
+                    for (insert, result) in zip(inserts, written) {
+                        guard case .success(let rows) = result, rows.count == 1 else { continue }
+                        answered.append((insert.index, try await created(insert.item, inserted: rows, requestId: insert.requestId)))
+                    }
+                    return answered
+                }
+                for (index, reply) in answered { replies[index] = reply }
+            } catch {
+                logger.warning(
+                    "create batch failed; its creates go one by one",
+                    metadata: ["batch.size": "\(checked.count)", "error": "\(error)"])
+            }
+        }
+        for index in replies.indices where replies[index] == nil {
+            do {
+                replies[index] = try await createRequest(creates[index])
+            } catch {
+                replies[index] = errorReply(error, type: .requestCreate)
+            }
+        }
+        return replies.map { $0 ?? .error(.internalError, "internal_error", "no reply for a create") }
     }
 
     private func existingRequest(terminalId: String, key: String) async throws -> RequestRow? {
