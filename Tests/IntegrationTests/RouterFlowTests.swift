@@ -3,6 +3,7 @@
 
 import Foundation
 import PaymentRouterService
+import Postgres
 import Testing
 import WiPayBus
 
@@ -601,13 +602,20 @@ struct RouterFlowTests {
             }
             let racer = try await w.payer("Racer", balance: 10_000)
             let spare = try await w.newRequest(shop, amount: 5)
+            let spare2 = try await w.newRequest(shop, amount: 6)
             var submits = requests.indices.map { w.instruction(payers[$0], requests[$0], key: "burst-\($0)") }
+            // One device signature used twice, for two instructions (another key, another request): a replay.
+            let digest = String(repeating: "ab", count: 32)
+            submits[5].signatureDigest = digest
             submits.append(w.instruction(racer, requests[0], key: "racer"))
             submits.append(w.instruction(payers[1], requests[1], key: "burst-1"))  // the same key and body again
             var foreign = w.instruction(payers[2], requests[3], key: "foreign")
             foreign.accountId = payers[3].accountId  // device of payer 2, wallet of payer 3
             submits.append(foreign)
             submits.append(w.instruction(payers[4], spare, key: "bad-pin", pin: "12"))
+            var replay = w.instruction(payers[5], spare2, key: "replay")
+            replay.signatureDigest = digest
+            submits.append(replay)
             let replies = try await withThrowingTaskGroup(of: (Int, BusMessage).self) { group in
                 for (index, submit) in submits.enumerated() { group.addTask { (index, try await w.send(.instructionSubmit, submit)) } }
                 var out = [Int: BusMessage]()
@@ -633,10 +641,18 @@ struct RouterFlowTests {
             #expect(result(26).0 == Status(rawValue: 403) && result(26).2 == "account_not_allowed")
             #expect(result(27).0 == .badRequest, "bad PIN format: \(result(27))")
             // Everything else paid, once.
-            for i in 2..<24 {
+            // The signature pays once; the other use of it is refused and moves nothing.
+            let uses = [result(5), result(28)]
+            #expect(uses.filter { $0.0 == .ok }.count == 1, "\(uses)")
+            #expect(uses.filter { $0.0 == Status(rawValue: 401) && $0.2 == "signature_replayed" }.count == 1, "\(uses)")
+            let spent = try await w.db.scalar(
+                "SELECT count(*) FROM ledger.transfers WHERE payment_request_id = ANY($1::text[])",
+                [PGArray.text([requests[5].requestId, spare2.requestId])])
+            #expect(spent == 1)
+            for i in 2..<24 where i != 5 {
                 #expect(result(i).0 == .ok && result(i).1?.status == .succeeded, "request \(i): \(result(i))")
             }
-            for (i, request) in requests.enumerated() {
+            for (i, request) in requests.enumerated() where i != 5 {
                 let transfers = try await w.db.scalar(
                     "SELECT count(*) FROM ledger.transfers WHERE payment_request_id = $1", [request.requestId])
                 #expect(transfers == 1, "request \(i)")

@@ -11,7 +11,8 @@
 #        WARMUP (s, default 3), CONCURRENCY (default 32), RATE (default 1000; 0 skips that run),
 #        MERCHANTS (8), TERMINALS per merchant (4), WALLETS (64),
 #        ROUTERS, LEDGERS, NOTIFIERS (instances of each, default 1),
-#        EXTRA_RATE (a third run at this rate, e.g. one the system sustains), KEEP_LOGS=1
+#        EXTRA_RATE (a third run at this rate, e.g. one the system sustains), KEEP_LOGS=1,
+#        PGSS=1 (load pg_stat_statements and print the statements that cost PostgreSQL most, per run)
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
 cd "$REPO_ROOT"
@@ -77,6 +78,12 @@ for _ in range(200):
 POSPORT="$(free_port)"
 PHONEPORT="$(free_port)"
 ops/scripts/pg.sh start "$work/pg" "$PGPORT" >/dev/null
+if [[ "${PGSS:-0}" == 1 ]]; then
+    psql -X -q -h 127.0.0.1 -p "$PGPORT" -U wipay -d wipay -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
+    ops/scripts/pg.sh stop "$work/pg" >/dev/null
+    ops/scripts/pg.sh start "$work/pg" "$PGPORT" >/dev/null
+    psql -X -q -h 127.0.0.1 -p "$PGPORT" -U wipay -d wipay -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
+fi
 export WIPAY_DATABASE_URL="host=127.0.0.1 port=$PGPORT dbname=wipay user=wipay"
 export WIPAY_BUS_HOST=127.0.0.1 WIPAY_BUS_PORT="$BUSPORT" WIPAY_LOG_LEVEL=warning WIPAY_LOG_FORMAT=text
 export WIPAY_PIN_SECRET="bench-secret-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
@@ -159,6 +166,7 @@ run() { # title, paybench args...
     declare -A before=()
     local n pg0 start bench t=0 rc=0
     for n in "${names[@]}"; do before[$n]="$(cpu_of "${PID_OF[$n]}")"; done
+    [[ "${PGSS:-0}" == 1 ]] && "${PSQL[@]}" -At -c "SELECT pg_stat_statements_reset()" >/dev/null
     pg0="$(cpu_postgres)"
     start="$(date +%s.%N)"
     "$BIN/paybench" e2e --pos-url "http://127.0.0.1:$POSPORT" --phone-url "http://127.0.0.1:$PHONEPORT" \
@@ -186,6 +194,11 @@ run() { # title, paybench args...
     printf '  %-18s %7.2f s  %5.2f cores\n' postgres "$(echo "$(cpu_postgres) - $pg0" | bc)" "$(echo "($(cpu_postgres) - $pg0) / $wall" | bc -l)"
     printf '  %-18s %7.2f s  %5.2f cores\n' paybench "$t" "$(echo "$t / $wall" | bc -l)"
     echo "router outbox backlog: at most $max_pending rows during the run, $(outbox_pending) after it"
+    if [[ "${PGSS:-0}" == 1 ]]; then
+        echo "PostgreSQL's costliest statements (pg_stat_statements: calls, total and mean execution ms, rows):"
+        "${PSQL[@]}" -At -F ' | ' -c "SELECT calls, round(total_exec_time::numeric, 1), round(mean_exec_time::numeric, 3), rows,
+            left(regexp_replace(query, '\s+', ' ', 'g'), 110) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 14"
+    fi
 }
 
 # Each run starts once the router has handed every earlier outcome to the notifier.

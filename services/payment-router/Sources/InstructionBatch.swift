@@ -5,9 +5,9 @@ import WiPayBus
 /// Instructions as batches (docs/payment-flow.md, "Batches"): what `GroupCommitQueue` hands over at once is
 /// handled on one connection in three trips and one ledger call, whatever its size:
 ///
-/// 1. the lookups, pipelined (one commit for the batch's remembered signatures);
-/// 2. `BEGIN`, the attempt rows, `COMMIT` (each attempt is durable before the ledger sees its transfer),
-///    then `BEGIN` and one `SELECT … FOR UPDATE` of every request in id order;
+/// 1. the lookups, pipelined and read-only;
+/// 2. `BEGIN`, the new device signatures and the attempt rows, `COMMIT` (each attempt is durable before the
+///    ledger sees its transfer), then `BEGIN` and one `SELECT … FOR UPDATE` of every request in id order;
 /// 3. after one `transfer.post.batch`, the outcomes, outbox and trace rows, and `COMMIT`.
 ///
 /// Then every caller is answered. The queue never puts two instructions for one request, or one device's
@@ -55,10 +55,9 @@ extension PaymentRouter {
     private func instructionBatch(
         _ checked: [(index: Int, item: CheckedInstruction)], lease: RouterDatabase.Lease
     ) async throws -> [(Int, BusReply)] {
-        // 1. The lookups. PostgreSQL runs a pipeline's statements in one implicit transaction: when one fails,
-        //    none of the batch's signatures was remembered, so all of them go alone.
+        // 1. The lookups, read-only (a failed one sends the whole batch alone: nothing was written yet).
         let now = unixMillis()
-        let lookups = checked.map { PGStatement(Self.instructionLookupSQL, $0.item.lookupParameters(nowMillis: now)) }
+        let lookups = checked.map { PGStatement(Self.instructionBatchLookupSQL, $0.item.batchLookupParameters) }
         let found = try await lease.run { try $0.pipeline(lookups) }
         var lookedUp: [PGRows] = []
         for result in found {
@@ -67,35 +66,70 @@ extension PaymentRouter {
         }
         var answered: [(Int, BusReply)] = []
         var proceeding: [(index: Int, context: InstructionContext, request: RequestRow)] = []
+        /// Instructions whose device signature is new: remembered in the attempts' commit.
+        var newSignatures: [(index: Int, item: CheckedInstruction)] = []
         var requests: Set<String> = []
         var transfers: Set<String> = []
         for ((index, item), rows) in zip(checked, lookedUp) {
+            let columns = rows.rows[0]
             do {
-                let verdict = try await evaluate(item, columns: rows.rows[0], nowMillis: now) { digest in
+                let verdict = try await evaluate(item, columns: columns, nowMillis: now) { digest in
                     try await rereadSignature(digest) { try await lease.query($0, $1) }
+                }
+                if !item.submit.signatureDigest.isEmpty, columns.count >= 4, columns[columns.count - 4] == "1" {
+                    newSignatures.append((index, item))
                 }
                 switch verdict {
                 case .answer(let reply):
                     answered.append((index, reply))
                 case .proceed(let context, let request):
                     // A second instruction for the same request (or key) waits for this batch: it goes alone.
-                    guard requests.insert(request.id).inserted, transfers.insert(context.transferId).inserted else { continue }
+                    guard requests.insert(request.id).inserted, transfers.insert(context.transferId).inserted else {
+                        newSignatures.removeAll { $0.index == index }
+                        continue
+                    }
                     proceeding.append((index, context, request))
                 }
             } catch {
                 answered.append((index, errorReply(error, type: .instructionSubmit)))
             }
         }
-        guard !proceeding.isEmpty else { return answered }
+        guard !proceeding.isEmpty || !newSignatures.isEmpty else { return answered }
 
-        // 2. The attempts commit; then the requests are locked, in id order (no deadlock between batches).
+        // 2. One commit remembers the new signatures and writes the attempts; then the requests are locked, in
+        //    id order (no deadlock between batches).
+        let signatures = newSignatures.map { Self.signatureStatement($0.item, nowMillis: now) }
         let attempts = proceeding.map { Self.attemptStatement($0.context, requestId: $0.request.id, nowMillis: now) }
         let lock = PGStatement(
             "SELECT \(RequestRow.columns) FROM \(RequestRow.from) WHERE r.id = ANY($1::text[]) ORDER BY r.id FOR UPDATE OF r",
             [PGArray.text(proceeding.map(\.request.id))])
-        let second = try await lease.run { try $0.pipeline([.begin] + attempts + [.commit, .begin, lock]) }
-        guard case .success(let lockedRows)? = second.last, second.allSatisfy({ if case .success = $0 { true } else { false } })
-        else {
+        let statements = [.begin] + signatures + attempts + [.commit] + (proceeding.isEmpty ? [] : [.begin, lock])
+        let second = try await lease.run { try $0.pipeline(statements) }
+        guard second.allSatisfy({ if case .success = $0 { true } else { false } }) else {
+            _ = try? await lease.run { $0.rollbackIfNeeded() }
+            return answered.filter { answer in !newSignatures.contains { $0.index == answer.0 } }
+        }
+        // A signature another instruction remembered first (a replay racing its original): refused, and its
+        // attempt was not written.
+        var replayed: Set<Int> = []
+        for (position, signature) in newSignatures.enumerated() {
+            guard case .success(let rows) = second[1 + position], rows.count == 1 else { continue }
+            let item = signature.item
+            if rows.string(0, 0) != item.submit.deviceId || rows.string(0, 1) != item.key || rows.string(0, 2) != item.submit.bodyHash {
+                replayed.insert(signature.index)
+                logger.warning(
+                    "device signature replayed with another request",
+                    metadata: ["device.id": "\(item.submit.deviceId)", "request.id": "\(item.claimedRequestId)"])
+                metrics.outcome("signature_replayed")
+            }
+        }
+        if !replayed.isEmpty {
+            let refusal = RouterError(RouterError.unauthorized, "signature_replayed", "this signature was already used for another request")
+            answered.removeAll { replayed.contains($0.0) }
+            answered.append(contentsOf: replayed.map { ($0, refusal.reply) })
+            proceeding.removeAll { replayed.contains($0.index) }
+        }
+        guard !proceeding.isEmpty, case .success(let lockedRows)? = second.last else {
             _ = try? await lease.run { $0.rollbackIfNeeded() }
             return answered
         }

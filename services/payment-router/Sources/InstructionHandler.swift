@@ -36,6 +36,30 @@ extension PaymentRouter {
         LEFT JOIN router.signatures s ON s.digest = $4 AND $4 <> ''
         """
 
+    /// The batch's lookup: the same row as `instructionLookupSQL`, but it only reads the signature memory
+    /// (the "inserted" column is 1 when the digest is new); the batch remembers new signatures in the commit
+    /// of its attempts (`signatureStatement`), so the batch costs one commit less.
+    static let instructionBatchLookupSQL = """
+        SELECT i.body_hash, i.status, encode(i.result, 'hex'), d.account_id, w.name, \(RequestRow.columns),
+            CASE WHEN s.digest IS NULL THEN 1 ELSE 0 END, s.device_id, s.idem_key, s.body_hash
+        FROM (SELECT 1) AS one
+        LEFT JOIN router.instructions i ON i.device_id = $1 AND i.idem_key = $2
+        LEFT JOIN (router.devices d JOIN router.wallets w ON w.account_id = d.account_id) ON d.id = $1
+        LEFT JOIN (router.requests r JOIN router.merchants m ON m.id = r.merchant_id) ON r.id = $3
+        LEFT JOIN router.signatures s ON s.digest = $4 AND $4 <> ''
+        """
+
+    /// Remembers a new device signature; answers with the row as stored, which is another instruction's
+    /// when a racing batch remembered the same digest first (then this one is a replay).
+    static func signatureStatement(_ checked: CheckedInstruction, nowMillis: Int64) -> PGStatement {
+        let submit = checked.submit
+        return PGStatement(
+            """
+            INSERT INTO router.signatures (digest, device_id, idem_key, body_hash, at) VALUES ($1, $2, $3, $4, $5)
+            ON CONFLICT (digest) DO UPDATE SET digest = excluded.digest RETURNING device_id, idem_key, body_hash
+            """, [submit.signatureDigest, submit.deviceId, checked.key, submit.bodyHash, String(nowMillis)])
+    }
+
     /// An instruction whose fields passed the checks that need no I/O.
     struct CheckedInstruction: Sendable {
         let submit: InstructionSubmit
@@ -49,6 +73,9 @@ extension PaymentRouter {
         func lookupParameters(nowMillis: Int64) -> [String?] {
             [submit.deviceId, key, claimedRequestId, submit.signatureDigest, submit.bodyHash, String(nowMillis)]
         }
+
+        /// For `instructionBatchLookupSQL`.
+        var batchLookupParameters: [String?] { [submit.deviceId, key, claimedRequestId, submit.signatureDigest] }
     }
 
     /// What the lookup row says of an instruction: its answer now, or go on to pay `RequestRow`.
@@ -198,18 +225,24 @@ extension PaymentRouter {
         }
     }
 
-    /// The attempt row (and its trace step), committed before the ledger is asked: recovery knows who tried,
-    /// with which transfer id.
+    /// The attempt row, committed before the ledger is asked: recovery knows who tried, with which transfer
+    /// id (the trace's `instruction.received` step is read from it). With a device signature, only when the
+    /// signature memory holds this very instruction (a racing replay that remembered the digest first gets
+    /// no attempt).
     static func attemptStatement(_ context: InstructionContext, requestId: String, nowMillis: Int64) -> PGStatement {
         let submit = context.submit
         return PGStatement(
             """
-            WITH a AS (INSERT INTO router.attempts (transfer_id, request_id, device_id, account_id, at)
-                VALUES ($1, $2, $3, $4, $5) ON CONFLICT (transfer_id) DO NOTHING RETURNING request_id)
-            INSERT INTO router.trace (request_id, at, stage, event, detail)
-            SELECT request_id, $5, 'payment-router', 'instruction.received', $6 FROM a
+            INSERT INTO router.attempts (transfer_id, request_id, device_id, account_id, at)
+            SELECT $1, $2, $3, $4, $5::bigint
+            WHERE $6 = '' OR EXISTS (
+                SELECT 1 FROM router.signatures s WHERE s.digest = $6 AND s.device_id = $3 AND s.idem_key = $7 AND s.body_hash = $8)
+            ON CONFLICT (transfer_id) DO NOTHING
             """,
-            [context.transferId, requestId, submit.deviceId, submit.accountId, String(nowMillis), "from device \(submit.deviceId)"])
+            [
+                context.transferId, requestId, submit.deviceId, submit.accountId, String(nowMillis), submit.signatureDigest,
+                context.checked.key, submit.bodyHash,
+            ])
     }
 
     /// The decision before the ledger, from the locked row.
@@ -276,7 +309,7 @@ extension PaymentRouter {
                     .succeeded, atMillis: result.postedAtMillis, deviceId: submit.deviceId, paymentId: transferId,
                     payerAlias: alias)
             ]
-            writes.trace = [TraceRow(requestId: row.id, stage: TraceRow.ledger, event: "ledger.posted", detail: transferId)]
+            // The trace's `ledger.posted` step is read from the request's payment columns.
             return SettledInstruction(writes: writes, stored: stored, outcome: "succeeded")
         case .refused(let status, let error) where status == .declined && Self.attemptDecliningCodes.contains(error.code):
             // The attempt is declined (the phone gets the 422); the request stays payable unless that was its

@@ -175,16 +175,54 @@ extension PaymentRouter {
 
     static func accountNotFound(_ id: String) -> RouterError { .notFound("account_not_found", "no wallet \(id)") }
 
+    /// A request's trace: the four steps of a normal payment read from the columns the flow writes anyway
+    /// (`created` from the request, `instruction.received` from each attempt, `ledger.posted` from the
+    /// payment columns, `outbox.delivered` from each delivered outbox row), merged by time with the trace
+    /// rows written for the unusual (refusals, recoveries, cancels, expiries, refunds). Rows written as trace
+    /// rows by older versions are shown instead of their column-made twins.
+    static let traceSQL = """
+        SELECT at, stage, event, detail, ord, id FROM (
+            SELECT r.created_at AS at, 'payment-router' AS stage, 'created' AS event,
+                r.amount || ' ' || r.currency || ' by terminal ' || r.terminal_id || ', expires in '
+                    || ((r.expires_at - r.created_at + 999) / 1000) || 's' AS detail, 0 AS ord, 0::bigint AS id
+            FROM router.requests r
+            WHERE r.id = $1 AND NOT EXISTS (SELECT 1 FROM router.trace t WHERE t.request_id = $1 AND t.event = 'created')
+            UNION ALL
+            SELECT a.at, 'payment-router', 'instruction.received', 'from device ' || a.device_id, 1, 0
+            FROM router.attempts a
+            WHERE a.request_id = $1
+                AND NOT EXISTS (SELECT 1 FROM router.trace t WHERE t.request_id = $1 AND t.event = 'instruction.received')
+            UNION ALL
+            SELECT r.posted_at, 'ledger', 'ledger.posted', r.payment_id, 2, 0
+            FROM router.requests r
+            WHERE r.id = $1 AND r.payment_id IS NOT NULL AND r.posted_at IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM router.trace t WHERE t.request_id = $1 AND t.event = 'ledger.posted')
+            UNION ALL
+            SELECT t.at, t.stage, t.event, t.detail, 3, t.id FROM router.trace t WHERE t.request_id = $1
+            UNION ALL
+            SELECT o.delivered_at, 'notifier', 'outbox.delivered', encode(o.body, 'hex'), 4, o.seq
+            FROM router.outbox o
+            WHERE o.request_id = $1 AND o.delivered_at IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM router.trace t WHERE t.request_id = $1 AND t.event = 'outbox.delivered')
+        ) AS steps
+        ORDER BY at, ord, id LIMIT 1000
+        """
+
     func trace(_ query: TraceQuery) async throws -> BusReply {
         guard let row = try await db.withLease({ try await $0.request(query.requestId) }) else {
             throw Self.requestNotFound(query.requestId)
         }
-        let rows = try await db.query(
-            "SELECT at, stage, event, detail FROM router.trace WHERE request_id = $1 ORDER BY id LIMIT 1000", [row.id])
+        let rows = try await db.query(Self.traceSQL, [row.id])
         let steps = rows.rows.map { row in
-            TraceStep(
+            var detail = row[3] ?? ""
+            if row[2] == "outbox.delivered", row[4] == "4", let body = Hex.decode(detail),
+                let outcome = try? OutcomePublished.decode(body)
+            {
+                detail = "\(outcome.eventType) #\(row[5] ?? "?")"
+            }
+            return TraceStep(
                 atMillis: row[0].flatMap { Int64($0) } ?? 0, stage: row[1] ?? "", event: row[2] ?? "",
-                detail: String((row[3] ?? "").utf8.prefix(1000)) ?? "")
+                detail: String(detail.utf8.prefix(1000)) ?? "")
         }
         return .ok(PaymentTrace(request: row.info, steps: steps))
     }

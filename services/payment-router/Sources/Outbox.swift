@@ -82,16 +82,10 @@ extension PaymentRouter {
             if !delivered.isEmpty {
                 let now = unixMillis()
                 let seqs = delivered.map(\.outboxSeq)
+                // The trace's `outbox.delivered` steps are read from `delivered_at`.
                 try await lease.queryAndCommit(
-                    """
-                    WITH d AS (UPDATE router.outbox SET delivered_at = $1 WHERE seq = ANY($2::bigint[]))
-                    INSERT INTO router.trace (request_id, at, stage, event, detail)
-                    SELECT request_id, $1, 'notifier', 'outbox.delivered', event FROM unnest($3::text[], $4::text[]) AS t(request_id, event)
-                    """,
-                    [
-                        String(now), PGArray.int64(seqs), PGArray.text(delivered.map(\.requestId)),
-                        PGArray.text(delivered.map { "\($0.eventType) #\($0.outboxSeq)" }),
-                    ], setting: "SET LOCAL synchronous_commit = off")
+                    "UPDATE router.outbox SET delivered_at = $1 WHERE seq = ANY($2::bigint[])",
+                    [String(now), PGArray.int64(seqs)], setting: "SET LOCAL synchronous_commit = off")
             }
             return (delivered, complete, rows.rows.count)
         }

@@ -29,15 +29,14 @@ extension PaymentRouter {
         LEFT JOIN (router.requests r JOIN router.merchants m ON m.id = r.merchant_id) ON r.terminal_id = $1 AND r.idem_key = $3
         """
 
-    /// The insert answers with the whole row (no second read); none when a create with the same key won.
+    /// The insert answers with the whole row (no second read); none when a create with the same key won. The
+    /// trace's `created` step is read from the row itself.
     static let createInsertSQL = """
         WITH r AS (
             INSERT INTO router.requests (id, merchant_id, terminal_id, amount, currency, reference, description, status,
                 created_at, expires_at, payload, idem_key, body_hash)
             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12)
-            ON CONFLICT (terminal_id, idem_key) DO NOTHING RETURNING *),
-        t AS (INSERT INTO router.trace (request_id, at, stage, event, detail)
-            SELECT id, $8, 'payment-router', 'created', $13 FROM r)
+            ON CONFLICT (terminal_id, idem_key) DO NOTHING RETURNING *)
         SELECT \(RequestRow.columns) FROM r JOIN router.merchants m ON m.id = r.merchant_id
         """
 
@@ -95,7 +94,6 @@ extension PaymentRouter {
             [
                 id, create.merchantId, create.terminalId, String(create.amountMinor), create.currency, create.reference,
                 create.description, String(now), String(expiresAtSeconds * 1000), payload, checked.key, create.bodyHash,
-                "\(create.amountMinor) \(create.currency) by terminal \(create.terminalId), expires in \(create.expiresInSeconds)s",
             ])
         return .insert(insert, requestId: id)
     }

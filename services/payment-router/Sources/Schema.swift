@@ -156,6 +156,14 @@ public enum RouterSchema {
             CREATE INDEX signatures_at ON router.signatures (at);
             """
         ),
+        (
+            3,
+            """
+            -- The trace reads a request's delivered outbox rows (its outbox.delivered steps are no longer
+            -- trace rows).
+            CREATE INDEX outbox_request ON router.outbox (request_id);
+            """
+        ),
     ]
 
     /// Creates the schema and applies every migration not applied yet, in one transaction.
