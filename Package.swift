@@ -104,7 +104,7 @@ let package = Package(
                 name: "payctl", dependencies: ["WiPayBus", "WiPayRuntime", "WiPayPayload", "ZeroMQ", argumentParser, log],
                 path: "ops/payctl", swiftSettings: swiftSettings),
             .executableTarget(
-                name: "paybench", dependencies: ["WiPayBus", "WiPayRuntime", "WiPayClient", "WiPayPayload", "ZeroMQ", argumentParser, hdr, log],
+                name: "paybench", dependencies: ["WiPayBus", "WiPayRuntime", "WiPayClient", "WiPayPayload", "ZeroMQ", argumentParser, hdr, log, crypto],
                 path: "ops/paybench", swiftSettings: swiftSettings),
             .executableTarget(
                 name: "pos-terminal", dependencies: ["WiPayClient", "WiPayPayload", argumentParser],

@@ -38,6 +38,8 @@ struct E2EBench: AsyncParsableCommand {
     @Option(help: "Fixed rate in payments per second (0 = flat out).") var rate = 0
     @Option(help: "Seconds measured.") var duration = 10
     @Option(help: "Seconds of load before the measurement (not counted).") var warmup = 2
+    @Option(help: "A file that gets the line `measure` when the measured window begins and `end` when it ends (so a script can read the services' CPU over exactly that window).")
+    var windowFile: String?
     @Option(help: "HTTP clients per gateway in --rate mode (each keeps its connections alive).") var connections = 64
     @Option(help: "Currency of every account.") var currency = "CNY"
     @Option(help: "Label of the onboarded names and ids (make it unique per run).") var label = "bench-\(unixMillis())"
@@ -114,6 +116,16 @@ struct E2EBench: AsyncParsableCommand {
         let measureFrom = start + .seconds(warmup)
         let end = measureFrom + .seconds(duration)
         let payer = E2EPayer(world: world, board: board, currency: currency.uppercased(), pin: Self.pin, label: label)
+        let marker = windowFile.map { file in
+            Task {
+                _ = FileManager.default.createFile(atPath: file, contents: nil)
+                try? await Task.sleep(until: measureFrom, clock: .continuous)
+                Self.append("measure\n", to: file)
+                try? await Task.sleep(until: end, clock: .continuous)
+                Self.append("end\n", to: file)
+            }
+        }
+        defer { marker?.cancel() }
         var total = E2ETally()
         if rate == 0 {
             let count = concurrency
@@ -209,6 +221,13 @@ struct E2EBench: AsyncParsableCommand {
     }
 
     typealias World = E2EWorld
+
+    static func append(_ line: String, to path: String) {
+        guard let handle = FileHandle(forWritingAtPath: path) else { return }
+        defer { try? handle.close() }
+        _ = try? handle.seekToEnd()
+        try? handle.write(contentsOf: Data(line.utf8))
+    }
 
     func report(_ t: E2ETally, seconds: Double) {
         let mode = rate == 0 ? "flat out (\(concurrency) payers)" : "at \(rate)/s"

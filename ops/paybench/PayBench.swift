@@ -10,7 +10,7 @@ struct PayBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "paybench",
         abstract: "Load generators for WiPay, driving the services over their public interfaces.",
-        subcommands: [LedgerBench.self, E2EBench.self, CurveKeysCommand.self])
+        subcommands: [LedgerBench.self, E2EBench.self, CurveKeysCommand.self, CryptoFloorCommand.self])
 }
 
 struct LedgerBench: AsyncParsableCommand {

@@ -142,6 +142,8 @@ say "machine"
 echo "$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(uname -sr); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 "${PSQL[@]}" -At -c "SELECT version()" | cut -d, -f1
 "${PSQL[@]}" -At -c "SELECT 'fsync=' || current_setting('fsync') || ' synchronous_commit=' || current_setting('synchronous_commit')"
+"$BIN/paybench" crypto-floor
+FLOOR_US="$("$BIN/paybench" crypto-floor --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["floor_us"])')"
 echo "CURVE $CURVE; instances: ledger $LEDGERS, payment-router $ROUTERS, notifier $NOTIFIERS, one of each gateway"
 
 # CPU seconds used so far (user + system, from /proc) by a process, or by PostgreSQL's whole tree.
@@ -158,6 +160,13 @@ outbox_pending() {
         | awk '/^wipay_router_outbox_pending[ {]/ { v = $NF } END { printf "%d", v + 0 }'
 }
 
+# Every service's CPU seconds and PostgreSQL's, summed (paybench not included).
+cpu_services() {
+    local n sum=0
+    for n in "${names[@]}"; do sum="$(echo "$sum + $(cpu_of "${PID_OF[$n]}")" | bc)"; done
+    echo "$sum + $(cpu_postgres)" | bc
+}
+
 label_n=0
 run() { # title, paybench args...
     local title="$1"; shift
@@ -169,14 +178,18 @@ run() { # title, paybench args...
     [[ "${PGSS:-0}" == 1 ]] && "${PSQL[@]}" -At -c "SELECT pg_stat_statements_reset()" >/dev/null
     pg0="$(cpu_postgres)"
     start="$(date +%s.%N)"
+    local window="$work/window-$label_n" out="$work/paybench-$label_n.out" m0="" m1=""
     "$BIN/paybench" e2e --pos-url "http://127.0.0.1:$POSPORT" --phone-url "http://127.0.0.1:$PHONEPORT" \
         --merchants "$MERCHANTS" --terminals "$TERMINALS" --wallets "$WALLETS" \
-        --duration "$DURATION" --warmup "$WARMUP" --label "b$$-$label_n" "$@" &
+        --duration "$DURATION" --warmup "$WARMUP" --label "b$$-$label_n" --window-file "$window" "$@" > >(tee "$out") &
     bench=$!
     # The router's outbox backlog (rows committed, not yet handed to the notifier), sampled every ~second.
     local pending max_pending=0 tick=0
     while kill -0 "$bench" 2>/dev/null; do
         t="$(cpu_of "$bench")"
+        # The services' CPU (PostgreSQL included) over exactly the measured window (sampled every 0.2 s).
+        if [[ -z "$m0" ]] && grep -qs '^measure' "$window"; then m0="$(cpu_services)"; fi
+        if [[ -z "$m1" ]] && grep -qs '^end' "$window"; then m1="$(cpu_services)"; fi
         if ((tick++ % 5 == 0)); then
             pending="$(outbox_pending)"
             ((pending > max_pending)) && max_pending="$pending"
@@ -194,6 +207,13 @@ run() { # title, paybench args...
     printf '  %-18s %7.2f s  %5.2f cores\n' postgres "$(echo "$(cpu_postgres) - $pg0" | bc)" "$(echo "($(cpu_postgres) - $pg0) / $wall" | bc -l)"
     printf '  %-18s %7.2f s  %5.2f cores\n' paybench "$t" "$(echo "$t / $wall" | bc -l)"
     echo "router outbox backlog: at most $max_pending rows during the run, $(outbox_pending) after it"
+    local complete
+    complete="$(grep -o '[0-9]* complete in' "$out" | head -1 | cut -d' ' -f1)"
+    if [[ -n "$m0" && -n "$m1" && -n "$complete" ]] && ((complete > 0)); then
+        local per; per="$(echo "($m1 - $m0) * 1000000 / $complete" | bc)"
+        printf 'services CPU per complete payment (measured window, PostgreSQL included, paybench excluded): %s µs = %.1f× the Ed25519 floor (%s µs)\n' \
+            "$per" "$(echo "$per / $FLOOR_US" | bc -l)" "$FLOOR_US"
+    fi
     if [[ "${PGSS:-0}" == 1 ]]; then
         echo "PostgreSQL's costliest statements (pg_stat_statements: calls, total and mean execution ms, rows):"
         "${PSQL[@]}" -At -F ' | ' -c "SELECT calls, round(total_exec_time::numeric, 1), round(mean_exec_time::numeric, 3), rows,

@@ -7,17 +7,22 @@ import WiPayBus
 import WiPayRuntime
 
 extension Setting {
-    /// How often an open event stream gets a comment line (and a replay check).
+    /// How often an open event stream gets a comment line.
     public static let sseKeepaliveMillis = Setting(
         "WIPAY_SSE_KEEPALIVE_MS", flag: "sse-keepalive-ms", default: "15000",
-        "Server-Sent Events keepalive (and replay check) interval in milliseconds (100...60000).")
+        "Server-Sent Events keepalive interval in milliseconds (100...60000).")
+    /// Every how many keepalives a quiet stream asks the notifier whether it missed a notice.
+    public static let sseReplayTicks = Setting(
+        "WIPAY_SSE_REPLAY_TICKS", flag: "sse-replay-ticks", default: "8",
+        "Every how many keepalives an event stream that saw no gap asks the notifier for missed notices anyway (1...1000; a gap or a reconnect replays at once).")
 }
 
 /// The Server-Sent Event streams of one gateway instance, fed by ONE bus subscription (`notice.pos.` or
 /// `notice.dev.`) and dispatched by recipient. The notifier's store is the source of truth: a stream
 /// starts with a replay (`notice.replay`) from `Last-Event-ID` (or the recipient's head), then sends live
-/// events in sequence order, replays again on a gap and at every keepalive tick, so a lost pub/sub
-/// message is still delivered. Each stream sends each sequence number once, in order.
+/// events in sequence order, and replays again on a gap (a live notice past the next number). A lost
+/// pub/sub message is delivered with the next notice to that recipient, or at the latest at the
+/// `replayTicks`-th keepalive of a quiet stream (2 minutes by default), or when the client reconnects. Each stream sends each sequence number once, in order.
 public final class NoticeHub: Service, Sendable {
     /// What a stream's loop reacts to.
     enum Input: Sendable {
@@ -30,6 +35,8 @@ public final class NoticeHub: Service, Sendable {
     public static let streamBuffer = 1024
 
     public let keepalive: Duration
+    /// A stream that saw no gap replays every this many keepalives.
+    public let replayTicks: Int
     public let maxStreams: Int
     private let subscriber: BusSubscriber
     private let caller: StageCaller
@@ -39,10 +46,14 @@ public final class NoticeHub: Service, Sendable {
     private let nextId = Atomic<UInt64>(1)
     private let stopped = Atomic<Bool>(false)
 
-    public init(subscriber: BusSubscriber, caller: StageCaller, keepalive: Duration, maxStreams: Int = 10_000, logger: Logger) {
+    public init(
+        subscriber: BusSubscriber, caller: StageCaller, keepalive: Duration, replayTicks: Int = 8, maxStreams: Int = 10_000,
+        logger: Logger
+    ) {
         self.subscriber = subscriber
         self.caller = caller
         self.keepalive = keepalive
+        self.replayTicks = max(1, replayTicks)
         self.maxStreams = maxStreams
         self.logger = logger
     }
@@ -50,8 +61,10 @@ public final class NoticeHub: Service, Sendable {
     /// The hub of a gateway: subscribes to `notice.<kind>.` (`pos` or `dev`) on the runtime's bus.
     public static func make(runtime: Runtime, kind: String, caller: StageCaller) throws -> NoticeHub {
         let millis = try runtime.config.values.int(.sseKeepaliveMillis, range: 100...60_000)
+        let ticks = try runtime.config.values.int(.sseReplayTicks, range: 1...1000)
         let subscriber = try runtime.subscriber(topics: ["\(Topic.noticePrefix)\(kind)."])
-        return NoticeHub(subscriber: subscriber, caller: caller, keepalive: .milliseconds(millis), logger: runtime.logger)
+        return NoticeHub(
+            subscriber: subscriber, caller: caller, keepalive: .milliseconds(millis), replayTicks: ticks, logger: runtime.logger)
     }
 
     /// Streams open right now.
@@ -174,7 +187,10 @@ public final class NoticeHub: Service, Sendable {
                 // An initial comment flushes the headers at once.
                 try await writer.write(ByteBuffer(string: ": stream \(recipient)\n\n"))
                 var lastSent = start
-                try await catchUp(recipient, &lastSent, &writer)
+                // Ticks since the last replay; a replay that failed (notifier away) is retried at the next.
+                var quietTicks = 0
+                let replayTicks = self.replayTicks
+                if !(try await catchUp(recipient, &lastSent, &writer)) { quietTicks = replayTicks }
                 for await input in stream {
                     switch input {
                     case .notice(let notice):
@@ -183,11 +199,14 @@ public final class NoticeHub: Service, Sendable {
                             try await Self.write(notice, &writer)
                             lastSent = notice.seq
                         } else {
-                            try await catchUp(recipient, &lastSent, &writer)
+                            quietTicks = try await catchUp(recipient, &lastSent, &writer) ? 0 : replayTicks
                         }
                     case .tick:
                         try await writer.write(ByteBuffer(string: ": keepalive\n\n"))
-                        try await catchUp(recipient, &lastSent, &writer)
+                        quietTicks += 1
+                        if quietTicks >= replayTicks {
+                            quietTicks = try await catchUp(recipient, &lastSent, &writer) ? 0 : replayTicks
+                        }
                     }
                 }
                 group.cancelAll()
@@ -198,22 +217,23 @@ public final class NoticeHub: Service, Sendable {
         try await writer.finish(nil)
     }
 
-    /// Sends every stored notice after `lastSent`, oldest first. If the notifier does not answer, the
-    /// next tick tries again (nothing is skipped: `lastSent` only moves past what was written).
-    private func catchUp(_ recipient: String, _ lastSent: inout Int64, _ writer: inout any ResponseBodyWriter) async throws {
+    /// Sends every stored notice after `lastSent`, oldest first. Returns false when the notifier did not
+    /// answer: the next tick tries again (nothing is skipped: `lastSent` only moves past what was written).
+    @discardableResult
+    private func catchUp(_ recipient: String, _ lastSent: inout Int64, _ writer: inout any ResponseBodyWriter) async throws -> Bool {
         while true {
             let notices: [NoticeDelivered]
             do {
                 notices = try await replay(recipient, after: lastSent)
             } catch {
                 logger.debug("replay failed; retrying at the next tick", metadata: ["recipient": "\(recipient)", "error": "\(error)"])
-                return
+                return false
             }
             for notice in notices where notice.seq > lastSent {
                 try await Self.write(notice, &writer)
                 lastSent = notice.seq
             }
-            if notices.count < Int(Self.replayLimit) { return }
+            if notices.count < Int(Self.replayLimit) { return true }
         }
     }
 
