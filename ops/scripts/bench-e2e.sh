@@ -142,8 +142,9 @@ say "machine"
 echo "$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(uname -sr); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 "${PSQL[@]}" -At -c "SELECT version()" | cut -d, -f1
 "${PSQL[@]}" -At -c "SELECT 'fsync=' || current_setting('fsync') || ' synchronous_commit=' || current_setting('synchronous_commit')"
-"$BIN/paybench" crypto-floor
-FLOOR_US="$("$BIN/paybench" crypto-floor --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["floor_us"])')"
+floor_json="$("$BIN/paybench" crypto-floor --json)"
+FLOOR_US="$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["floor_us"])' "$floor_json")"
+python3 -c 'import json, sys; f = json.loads(sys.argv[1]); print("Ed25519: sign %s µs, verify %s µs; floor per payment (one of each) %s µs" % (f["sign_us"], f["verify_us"], f["floor_us"]))' "$floor_json"
 echo "CURVE $CURVE; instances: ledger $LEDGERS, payment-router $ROUTERS, notifier $NOTIFIERS, one of each gateway"
 
 # CPU seconds used so far (user + system, from /proc) by a process, or by PostgreSQL's whole tree.
