@@ -139,9 +139,12 @@ final class RTWorld: Sendable {
 
     // MARK: calls
 
-    /// Sends one request to the router and returns the raw reply.
+    /// Sends one request to the router and returns the raw reply. Generous deadlines: the whole suite runs
+    /// in parallel on as few as 2 cores, where CPU-bound tests can hold the cooperative pool long enough for
+    /// the in-process broker to drop a worker whose heartbeat is late (it comes back with the next one).
     func send<T: BusEncodable>(_ type: MessageType, _ body: T) async throws -> BusMessage {
-        try await client.send(service: "payment-router", type: type, body: body.encoded())
+        try await client.send(
+            service: "payment-router", type: type, body: body.encoded(), attemptTimeout: .seconds(4), totalTimeout: .seconds(40))
     }
 
     /// A reply decoded as `R` (for 2xx, or for any status when `anyStatus`), plus its status.
