@@ -12,7 +12,9 @@
 #        MERCHANTS (8), TERMINALS per merchant (4), WALLETS (64),
 #        ROUTERS, LEDGERS, NOTIFIERS (instances of each, default 1),
 #        EXTRA_RATE (a third run at this rate, e.g. one the system sustains), KEEP_LOGS=1,
-#        PGSS=1 (load pg_stat_statements and print the statements that cost PostgreSQL most, per run)
+#        PGSS=1 (load pg_stat_statements and print the statements that cost PostgreSQL most, per run).
+# Each run also prints the router's batch sizes and the services' CPU per complete payment against the
+# Ed25519 floor (paybench crypto-floor, measured at the start).
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
 cd "$REPO_ROOT"
@@ -177,6 +179,13 @@ run() { # title, paybench args...
     local n pg0 start bench t=0 rc=0
     for n in "${names[@]}"; do before[$n]="$(cpu_of "${PID_OF[$n]}")"; done
     [[ "${PGSS:-0}" == 1 ]] && "${PSQL[@]}" -At -c "SELECT pg_stat_statements_reset()" >/dev/null
+    # "kind sum count ..." of the router's batch sizes before the run.
+    router_batches="$(curl -fs "http://127.0.0.1:$ROUTER_METRICS/metrics" 2>/dev/null | awk '
+        /^wipay_router_batch_size_(sum|count)[ {]/ {
+            kind = $0; sub(/.*kind="/, "", kind); sub(/".*/, "", kind)
+            if ($1 ~ /_sum/) s[kind] = $NF; else c[kind] = $NF
+        }
+        END { for (k in c) printf "%s %s %s ", k, s[k] + 0, c[k] }' || true)"
     pg0="$(cpu_postgres)"
     start="$(date +%s.%N)"
     local window="$work/window-$label_n" out="$work/paybench-$label_n.out" m0="" m1=""
@@ -208,6 +217,16 @@ run() { # title, paybench args...
     printf '  %-18s %7.2f s  %5.2f cores\n' postgres "$(echo "$(cpu_postgres) - $pg0" | bc)" "$(echo "($(cpu_postgres) - $pg0) / $wall" | bc -l)"
     printf '  %-18s %7.2f s  %5.2f cores\n' paybench "$t" "$(echo "$t / $wall" | bc -l)"
     echo "router outbox backlog: at most $max_pending rows during the run, $(outbox_pending) after it"
+    # The router's batch sizes over this run (from its /metrics: sum and count of each kind since start).
+    local metrics_now
+    metrics_now="$(curl -fs "http://127.0.0.1:$ROUTER_METRICS/metrics" 2>/dev/null || true)"
+    printf '%s\n' "$metrics_now" | awk -v before="$router_batches" '
+        BEGIN { n = split(before, b, " "); for (i = 1; i + 2 <= n; i += 3) { s0[b[i]] = b[i + 1]; c0[b[i]] = b[i + 2] } }
+        /^wipay_router_batch_size_(sum|count)[ {]/ {
+            kind = $0; sub(/.*kind="/, "", kind); sub(/".*/, "", kind)
+            if ($1 ~ /_sum/) s[kind] = $NF; else c[kind] = $NF
+        }
+        END { for (k in c) { dc = c[k] - c0[k]; if (dc > 0) printf "router batches (%s): %d, mean size %.2f\n", k, dc, (s[k] - s0[k]) / dc } }'
     local complete
     complete="$(grep -o '[0-9]* complete in' "$out" | head -1 | cut -d' ' -f1)"
     if [[ -n "$m0" && -n "$m1" && -n "$complete" ]] && ((complete > 0)); then
