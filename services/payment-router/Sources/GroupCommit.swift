@@ -76,7 +76,7 @@ final class GroupCommitQueue<Item: Sendable>: Sendable {
                 return batch.isEmpty ? nil : batch
             }
             finished = []
-            guard var batch else { return }
+            guard let batch else { return }
             if wait > .zero, batch.count < maxBatch, !waited {
                 // Give the batch its window: put it back, wait, take again (now with whatever came).
                 state.withLock { state in
@@ -85,8 +85,6 @@ final class GroupCommitQueue<Item: Sendable>: Sendable {
                 }
                 try? await Task.sleep(for: wait)
                 waited = true
-                batch = []
-                finished = []
                 continue
             }
             waited = false
@@ -122,5 +120,47 @@ final class GroupCommitQueue<Item: Sendable>: Sendable {
         }
         state.queue = kept
         return taken
+    }
+}
+
+extension PaymentRouter {
+    /// The skeleton of every batch handler: each item is checked without I/O (a refusal answers it alone),
+    /// the checked ones go to `batch` on one leased connection, and every item `batch` did not answer (or
+    /// all, when it threw) goes through `alone`, the one-item path that is safe to repeat. Returns one reply
+    /// per item, in order, and how many went alone.
+    func handleBatch<Item: Sendable, Checked: Sendable>(
+        _ items: [Item], type: MessageType, check: (Item) throws -> Checked,
+        batch: ([(index: Int, item: Checked)], RouterDatabase.Lease) async throws -> [(Int, BusReply)],
+        alone: (Item) async throws -> BusReply
+    ) async -> (replies: [BusReply], alone: Int) {
+        var replies = [BusReply?](repeating: nil, count: items.count)
+        var checked: [(index: Int, item: Checked)] = []
+        for (index, item) in items.enumerated() {
+            do {
+                checked.append((index, try check(item)))
+            } catch {
+                replies[index] = errorReply(error, type: type)
+            }
+        }
+        if !checked.isEmpty {
+            do {
+                let answered = try await db.withLease { lease in try await batch(checked, lease) }
+                for (index, reply) in answered { replies[index] = reply }
+            } catch {
+                logger.warning(
+                    "batch failed; its items go one by one",
+                    metadata: ["bus.type": "\(type)", "batch.size": "\(checked.count)", "error": "\(error)"])
+            }
+        }
+        var aloneCount = 0
+        for index in replies.indices where replies[index] == nil {
+            aloneCount += 1
+            do {
+                replies[index] = try await alone(items[index])
+            } catch {
+                replies[index] = errorReply(error, type: type)
+            }
+        }
+        return (replies.map { $0 ?? .error(.internalError, "internal_error", "no reply for a batched request") }, aloneCount)
     }
 }

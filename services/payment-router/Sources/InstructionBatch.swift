@@ -18,36 +18,11 @@ import WiPayBus
 extension PaymentRouter {
     /// The instructions of one batch, one reply each, in order.
     func submitInstructions(_ submits: [InstructionSubmit]) async -> [BusReply] {
-        var replies = [BusReply?](repeating: nil, count: submits.count)
-        var checked: [(index: Int, item: CheckedInstruction)] = []
-        for (index, submit) in submits.enumerated() {
-            do {
-                checked.append((index, try Self.check(submit)))
-            } catch {
-                replies[index] = errorReply(error, type: .instructionSubmit)
-            }
-        }
-        if !checked.isEmpty {
-            do {
-                let answered = try await db.withLease { lease in try await instructionBatch(checked, lease: lease) }
-                for (index, reply) in answered { replies[index] = reply }
-            } catch {
-                logger.warning(
-                    "instruction batch failed; its instructions go one by one",
-                    metadata: ["batch.size": "\(checked.count)", "error": "\(error)"])
-            }
-        }
-        var alone = 0
-        for index in replies.indices where replies[index] == nil {
-            alone += 1
-            do {
-                replies[index] = try await submitInstruction(submits[index])
-            } catch {
-                replies[index] = errorReply(error, type: .instructionSubmit)
-            }
-        }
+        let (replies, alone) = await handleBatch(
+            submits, type: .instructionSubmit, check: { try Self.check($0) },
+            batch: { try await instructionBatch($0, lease: $1) }, alone: { try await submitInstruction($0) })
         if alone > 0 { metrics.instructionsAlone.increment(by: alone) }
-        return replies.map { $0 ?? .error(.internalError, "internal_error", "no reply for an instruction") }
+        return replies
     }
 
     /// The batch's three trips on `lease`. Returns the answers it decided; an instruction it leaves out goes

@@ -133,61 +133,44 @@ extension PaymentRouter {
     /// commit. A create the batch cannot take (its lookup failed, an insert of the batch failed, a concurrent
     /// create with its key) goes on its own afterwards: an invalid create fails alone.
     func createRequests(_ creates: [RequestCreate]) async -> [BusReply] {
-        var replies = [BusReply?](repeating: nil, count: creates.count)
-        var checked: [(index: Int, item: CheckedCreate)] = []
-        for (index, create) in creates.enumerated() {
-            do {
-                checked.append((index, try Self.check(create)))
-            } catch {
-                replies[index] = errorReply(error, type: .requestCreate)
-            }
+        await handleBatch(
+            creates, type: .requestCreate, check: { try Self.check($0) }, batch: { try await createBatch($0, lease: $1) },
+            alone: { try await createRequest($0) }
+        ).replies
+    }
+
+    /// The batch's two trips on `lease`: the lookups, then every insert in one commit. Returns the answers it
+    /// decided; a create it leaves out goes on its own.
+    private func createBatch(
+        _ checked: [(index: Int, item: CheckedCreate)], lease: RouterDatabase.Lease
+    ) async throws -> [(Int, BusReply)] {
+        let lookups = checked.map {
+            PGStatement(Self.createLookupSQL, [$0.item.create.terminalId, $0.item.create.merchantId, $0.item.key])
         }
-        if !checked.isEmpty {
+        let found = try await lease.run { try $0.pipeline(lookups) }
+        var answered: [(Int, BusReply)] = []
+        var inserts: [(index: Int, item: CheckedCreate, statement: PGStatement, requestId: String)] = []
+        for ((index, item), result) in zip(checked, found) {
+            guard case .success(let rows) = result, rows.count == 1 else { continue }
             do {
-                let answered = try await db.withLease { lease -> [(Int, BusReply)] in
-                    let lookups = checked.map {
-                        PGStatement(Self.createLookupSQL, [$0.item.create.terminalId, $0.item.create.merchantId, $0.item.key])
-                    }
-                    let found = try await lease.run { try $0.pipeline(lookups) }
-                    var answered: [(Int, BusReply)] = []
-                    var inserts: [(index: Int, item: CheckedCreate, statement: PGStatement, requestId: String)] = []
-                    for ((index, item), result) in zip(checked, found) {
-                        guard case .success(let rows) = result, rows.count == 1 else { continue }
-                        do {
-                            switch try evaluate(item, columns: rows.rows[0]) {
-                            case .answer(let reply): answered.append((index, reply))
-                            case .insert(let statement, let id): inserts.append((index, item, statement, id))
-                            }
-                        } catch {
-                            answered.append((index, errorReply(error, type: .requestCreate)))
-                        }
-                    }
-                    guard !inserts.isEmpty else { return answered }
-                    // One implicit transaction: all inserts commit at the sync, or none does.
-                    let statements = inserts.map(\.statement)
-                    let written = try await lease.run { try $0.pipeline(statements) }
-                    guard written.allSatisfy({ if case .success = $0 { true } else { false } }) else { return answered }
-                    for (insert, result) in zip(inserts, written) {
-                        guard case .success(let rows) = result, rows.count == 1 else { continue }
-                        answered.append((insert.index, try await created(insert.item, inserted: rows, requestId: insert.requestId)))
-                    }
-                    return answered
+                switch try evaluate(item, columns: rows.rows[0]) {
+                case .answer(let reply): answered.append((index, reply))
+                case .insert(let statement, let id): inserts.append((index, item, statement, id))
                 }
-                for (index, reply) in answered { replies[index] = reply }
             } catch {
-                logger.warning(
-                    "create batch failed; its creates go one by one",
-                    metadata: ["batch.size": "\(checked.count)", "error": "\(error)"])
+                answered.append((index, errorReply(error, type: .requestCreate)))
             }
         }
-        for index in replies.indices where replies[index] == nil {
-            do {
-                replies[index] = try await createRequest(creates[index])
-            } catch {
-                replies[index] = errorReply(error, type: .requestCreate)
-            }
+        guard !inserts.isEmpty else { return answered }
+        // One implicit transaction: all inserts commit at the sync, or none does.
+        let statements = inserts.map(\.statement)
+        let written = try await lease.run { try $0.pipeline(statements) }
+        guard written.allSatisfy({ if case .success = $0 { true } else { false } }) else { return answered }
+        for (insert, result) in zip(inserts, written) {
+            guard case .success(let rows) = result, rows.count == 1 else { continue }
+            answered.append((insert.index, try await created(insert.item, inserted: rows, requestId: insert.requestId)))
         }
-        return replies.map { $0 ?? .error(.internalError, "internal_error", "no reply for a create") }
+        return answered
     }
 
     private func existingRequest(terminalId: String, key: String) async throws -> RequestRow? {
