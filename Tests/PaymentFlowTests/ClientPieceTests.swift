@@ -156,6 +156,132 @@ import WiPayPayload
     }
 }
 
+/// What a phone does with several tills on the air: de-duplicate, drop what is stale or expired, order
+/// newest first, and pick only with the shopper's filters.
+@Suite struct LinkChoiceTests {
+    static func request(
+        _ id: String, merchant: String = "Two Till Shop", terminal: String? = "till 1", created: Int64? = 1_000,
+        expires: Int64 = 2_000_000_000, heardAt: ContinuousClock.Instant = .now, from: String = "192.168.77.11"
+    ) -> (String, PaymentPayload, String, ContinuousClock.Instant) {
+        let payload = PaymentPayload(
+            requestId: id, merchantId: "mer_a", merchantName: merchant, amountMinor: 1111, currency: "CNY",
+            expiresAtSeconds: expires, terminalName: terminal, createdAtSeconds: created)
+        return ("text-\(id)", payload, from, heardAt)
+    }
+
+    @Test func heardOnceEachNewestFirstWithoutStaleOrExpired() {
+        let now = ContinuousClock.now
+        var heard = HeardRequests()
+        for (text, payload, from, at) in [
+            Self.request("pr_old", created: 1_000, heardAt: now - .seconds(1)),
+            Self.request("pr_new", terminal: "till 2", created: 1_005, heardAt: now - .milliseconds(200)),
+            Self.request("pr_old", created: 1_000, heardAt: now),  // heard again
+            Self.request("pr_gone", created: 1_010, heardAt: now - .seconds(10)),  // its terminal stopped announcing
+            Self.request("pr_expired", created: 1_010, expires: 1_500, heardAt: now),
+            Self.request("pr_legacy", terminal: nil, created: nil, heardAt: now),  // signed before names and times were carried
+        ] {
+            heard.heard(text: text, payload: payload, from: from, at: at)
+        }
+        let current = heard.current(nowSeconds: 1_600, now: now, staleAfter: .seconds(3))
+        #expect(current.map(\.payload.requestId) == ["pr_new", "pr_old", "pr_legacy"])
+        #expect(current[1].firstHeard == now - .seconds(1))
+        #expect(current[1].lastHeard == now)
+        #expect(current[0].payload.payee == "Two Till Shop — till 2")
+        #expect(current[2].payload.payee == "Two Till Shop")
+    }
+
+    @Test func picksOnlyWithTheShoppersFilters() {
+        let now = ContinuousClock.now
+        var heard = HeardRequests()
+        for (text, payload, from, at) in [
+            Self.request("pr_t1", terminal: "till 1", created: 1),
+            Self.request("pr_t2", terminal: "till 2", created: 2),
+            Self.request("pr_nb", merchant: "Next Door Noodles", terminal: "till 1", created: 3),
+        ] {
+            heard.heard(text: text, payload: payload, from: from, at: at)
+        }
+        let list = heard.current(nowSeconds: 10, now: now)
+        #expect(LinkChoice().pick(from: []) == .none)
+        guard case .several(let all) = LinkChoice().pick(from: list) else {
+            Issue.record("three on the air must not pick one")
+            return
+        }
+        #expect(all.map(\.payload.requestId) == ["pr_nb", "pr_t2", "pr_t1"])
+        #expect(LinkChoice(requestId: "pr_t2").pick(from: list).picked == "pr_t2")
+        // Two shops both have a "till 1": the name alone is ambiguous, the merchant or the full payee is not.
+        if case .several(let two) = LinkChoice(terminal: "TILL 1 ").pick(from: list) {
+            #expect(Set(two.map(\.payload.requestId)) == ["pr_t1", "pr_nb"])
+        } else {
+            Issue.record("a terminal name two shops share must stay ambiguous")
+        }
+        #expect(LinkChoice(terminal: "till 1", merchant: "two till shop").pick(from: list).picked == "pr_t1")
+        #expect(LinkChoice(terminal: "Next Door Noodles — till 1").pick(from: list).picked == "pr_nb")
+        guard case .noMatch(let heardAll) = LinkChoice(terminal: "till 9").pick(from: list) else {
+            Issue.record("no till 9 is on the air")
+            return
+        }
+        #expect(heardAll.count == 3)
+    }
+
+    @Test func settingsForBroadcastMulticastAndInterfaces() throws {
+        let multicast = try LinkSettings.resolve(
+            address: nil, port: nil,
+            environment: ["WIPAY_LINK_ADDRESS": "239.255.74.74", "WIPAY_LINK_INTERFACE": "wlan0", "WIPAY_LINK_TTL": "2"])
+        #expect(multicast == LinkSettings(address: "239.255.74.74", port: 47474, interface: "wlan0", ttl: 2))
+        #expect(multicast.isMulticast)
+        #expect(!LinkSettings(address: "192.168.1.255").isMulticast)
+        #expect(!LinkSettings(address: "240.0.0.1").isMulticast)
+        #expect(try LinkSettings.resolve(address: nil, port: nil, interface: "eth0", ttl: 5, environment: ["WIPAY_LINK_TTL": "2"]).ttl == 5)
+        for bad in ["", "a/b", "sixteen-chars-xx", "eth 0"] {
+            #expect(throws: LinkError.self) { try LinkSettings.resolve(address: nil, port: nil, interface: bad, environment: [:]) }
+        }
+        #expect(throws: LinkError.self) { try LinkSettings.resolve(address: nil, port: nil, ttl: 0, environment: [:]) }
+        #expect(throws: LinkError.self) { try LinkSettings.resolve(address: nil, port: nil, environment: ["WIPAY_LINK_TTL": "256"]) }
+        #expect(throws: LinkError.self) { try LinkSettings.resolve(address: "10.0.0.1\u{1b}[2J", port: nil, environment: [:]) }
+        // An interface this machine does not have is a clear error, not a silent fallback.
+        #expect(throws: LinkError.self) {
+            try LinkAnnouncer(payload: "x", settings: LinkSettings(address: "255.255.255.255", interface: "nosuchif0"))
+        }
+        #expect(throws: LinkError.self) { try LinkListener(settings: LinkSettings(address: "239.255.74.74", interface: "nosuchif0")) }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func listenerHearsEveryTillOnTheAir() async throws {
+        let key = Curve25519.Signing.PrivateKey()
+        let signer = PayloadSigner(privateKey: key)
+        let verifier = PayloadVerifier(keys: [signer.keyId: signer.publicKeyBytes])
+        let port = ClientLinkTests.freePort()
+        let listener = try LinkListener(settings: LinkSettings(address: "127.0.0.1", port: port))
+        defer { listener.close() }
+        let settings = LinkSettings(address: "127.0.0.1", port: port)
+        let now = unixNow()
+        var announcers: [LinkAnnouncer] = []
+        for (i, till) in ["till 1", "till 2"].enumerated() {
+            let text = try signer.sign(
+                PaymentPayload(
+                    requestId: "pr_till\(i + 1)", merchantId: "mer_a", merchantName: "Two Till Shop", amountMinor: 1111 * Int64(i + 1),
+                    currency: "CNY", expiresAtSeconds: now + 60, terminalName: till, createdAtSeconds: now - 1 + Int64(i)))
+            announcers.append(try LinkAnnouncer(payload: text, settings: settings, interval: .milliseconds(50)))
+        }
+        announcers.append(try LinkAnnouncer(payload: "not a payload", settings: settings, interval: .milliseconds(50)))
+        for announcer in announcers { announcer.start() }
+        defer { for announcer in announcers { announcer.stop() } }
+        let heard = try await listener.hear(deadline: .now + .seconds(25), settle: .seconds(2)) { text in
+            try? verifier.verify(text, nowSeconds: unixNow())
+        }.current(nowSeconds: unixNow())
+        #expect(heard.map(\.payload.requestId) == ["pr_till2", "pr_till1"])
+        #expect(heard.first?.payload.payee == "Two Till Shop — till 2")
+        #expect(heard.first?.from == "127.0.0.1")
+    }
+}
+
+extension LinkChoice.Outcome {
+    /// The request id when exactly one was picked.
+    var picked: String? {
+        if case .one(let request) = self { return request.payload.requestId }
+        return nil
+    }
+}
+
 @Suite struct ClientWalletHomeTests {
     func temporaryFolder() -> String {
         let path = NSTemporaryDirectory() + "wipay-home-\(UUID().uuidString)"

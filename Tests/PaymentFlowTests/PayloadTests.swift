@@ -94,6 +94,37 @@ import WiPayPayload
         #expect(back.merchantName == String(repeating: "é", count: 95))
     }
 
+    @Test func theTillAndTheCreationTimeAreSignedAndOlderPayloadsStillVerify() throws {
+        var withTill = sample
+        withTill.terminalName = "till 1 — 收银台"
+        withTill.createdAtSeconds = 1_899_999_880
+        let signer = PayloadSigner(privateKey: key)
+        let text = try signer.sign(withTill)
+        let back = try verifier.verify(text, nowSeconds: 1_899_999_900)
+        #expect(back == withTill)
+        #expect(back.payee == "Blue Bottle Café 咖啡 — till 1 — 收银台")
+        // Relabelling the till (and fixing up the CRC) breaks the signature.
+        let relabelled = text.replacingOccurrences(of: "till 1", with: "till 2")
+        let body = String(relabelled.dropLast(4))
+        #expect(throws: PayloadError.invalid("bad signature")) {
+            try verifier.verify(body + CRC16.hex(of: Array(body.utf8)), nowSeconds: 1_899_999_900)
+        }
+        // A payload signed before the till was carried has neither field and still verifies.
+        let old = try verifier.verify(try signer.sign(sample), nowSeconds: 0)
+        #expect(old.terminalName == nil && old.createdAtSeconds == nil)
+        #expect(old.payee == sample.merchantName)
+        // Long till names are cut to 60 characters; control characters are refused.
+        var long = sample
+        long.terminalName = String(repeating: "t", count: 80)
+        #expect(try verifier.verify(try signer.sign(long), nowSeconds: 0).terminalName == String(repeating: "t", count: 60))
+        var escape = sample
+        escape.terminalName = "till\u{1b}[2J"
+        #expect(throws: PayloadError.self) { try signer.sign(escape) }
+        var backwards = sample
+        backwards.createdAtSeconds = sample.expiresAtSeconds + 1
+        #expect(throws: PayloadError.self) { try signer.sign(backwards) }
+    }
+
     @Test func garbageIsRefusedNotCrashed() {
         for text in ["", "hello", "0002", "00020199", String(repeating: "9", count: 5000), "000201010212630400"] {
             #expect(throws: PayloadError.self) { try verifier.verify(text, nowSeconds: 0) }

@@ -23,6 +23,32 @@ public enum Console {
         return trimmed == "y" || trimmed == "yes"
     }
 
+    /// Asks a question on the terminal; the answer (trimmed), or nil without a terminal or on EOF.
+    public static func ask(_ question: String) -> String? {
+        readLine(prompt: question, echo: true).map { $0.trimmingCharacters(in: .whitespaces) }
+    }
+
+    /// True when there is a terminal to ask (`/dev/tty` opens).
+    public static var canAsk: Bool {
+        let fd = open("/dev/tty", O_RDWR | O_NOCTTY)
+        guard fd >= 0 else { return false }
+        _ = Glibc_close(fd)
+        return true
+    }
+
+    /// `text` safe to print to a terminal: control and invisible formatting characters (escape sequences,
+    /// right-to-left overrides that would reorder what the shopper reads) become U+FFFD.
+    public static func printable(_ text: String) -> String {
+        var out = String.UnicodeScalarView()
+        for c in text.unicodeScalars {
+            switch c.properties.generalCategory {
+            case .control, .format, .lineSeparator, .paragraphSeparator: out.append("\u{FFFD}")
+            default: out.append(c)
+            }
+        }
+        return String(out)
+    }
+
     /// Reads a secret (a PIN) from the terminal with echo off; nil when there is no terminal or on EOF.
     public static func readSecret(prompt: String) -> String? {
         readLine(prompt: prompt, echo: false)

@@ -13,10 +13,15 @@ public struct PaymentPayload: Sendable, Equatable {
     public var currency: String
     /// Unix seconds after which the request can no longer be paid.
     public var expiresAtSeconds: Int64
+    /// The till's display name (`payctl terminal add --name`, at most 60 characters in the payload), so a phone
+    /// can say "Two Till Shop — till 1". Nil in payloads signed before it was carried.
+    public var terminalName: String?
+    /// Unix seconds when the request was created, so a phone can list the newest first. Nil in older payloads.
+    public var createdAtSeconds: Int64?
 
     public init(
         requestId: String, merchantId: String, merchantName: String, amountMinor: Int64, currency: String,
-        expiresAtSeconds: Int64
+        expiresAtSeconds: Int64, terminalName: String? = nil, createdAtSeconds: Int64? = nil
     ) {
         self.requestId = requestId
         self.merchantId = merchantId
@@ -24,6 +29,14 @@ public struct PaymentPayload: Sendable, Equatable {
         self.amountMinor = amountMinor
         self.currency = currency
         self.expiresAtSeconds = expiresAtSeconds
+        self.terminalName = terminalName
+        self.createdAtSeconds = createdAtSeconds
+    }
+
+    /// Who is asking, as a shopper reads it: "Two Till Shop — till 1", or the merchant alone.
+    public var payee: String {
+        guard let terminalName, !terminalName.isEmpty else { return merchantName }
+        return "\(merchantName) — \(terminalName)"
     }
 }
 
@@ -44,7 +57,8 @@ public enum PayloadError: Error, Sendable, Equatable, CustomStringConvertible {
 /// The layout (see docs/payment-flow.md): EMVCo merchant-presented TLV — two-digit tag, two-digit length
 /// (in characters), value — so a QR code of the text is a valid EMVCo code. Tags:
 /// `00` format `01`, `01` `12` (dynamic), `26` {`00` WIPAY, `01` request id, `02` merchant id}, `52` `0000`,
-/// `58` `XX`, `59` short ASCII name, `81` {`00` version, `01` amount, `02` currency, `03` expiry}, `84` {`00` name},
+/// `58` `XX`, `59` short ASCII name, `81` {`00` version, `01` amount, `02` currency, `03` expiry, `04` created
+/// (optional)}, `84` {`00` merchant name, `01` terminal name (optional)},
 /// `82` key id, `83` base64url Ed25519 signature over every character before `82`, `63` CRC-16/CCITT-FALSE.
 public enum PayloadLayout {
     public static let version = "1"
@@ -53,6 +67,7 @@ public enum PayloadLayout {
     public static let maxBytes = 2048
     static let maxAmount: Int64 = 1_000_000_000_000
     static let maxName = 95
+    static let maxTerminalName = 60
     static let maxShortName = 25
 }
 
@@ -75,6 +90,9 @@ public struct PayloadSigner: Sendable {
     public func sign(_ payload: PaymentPayload) throws(PayloadError) -> String {
         try PayloadFields.check(payload)
         let name = String(String.UnicodeScalarView(payload.merchantName.unicodeScalars.prefix(PayloadLayout.maxName)))
+        let terminalName = payload.terminalName.map {
+            String(String.UnicodeScalarView($0.unicodeScalars.prefix(PayloadLayout.maxTerminalName)))
+        }
         var text = ""
         text += tlv("00", "01")
         text += tlv("01", "12")
@@ -85,8 +103,8 @@ public struct PayloadSigner: Sendable {
         text += tlv(
             "81",
             tlv("00", PayloadLayout.version) + tlv("01", String(payload.amountMinor)) + tlv("02", payload.currency)
-                + tlv("03", String(payload.expiresAtSeconds)))
-        text += tlv("84", tlv("00", name))
+                + tlv("03", String(payload.expiresAtSeconds)) + (payload.createdAtSeconds.map { tlv("04", String($0)) } ?? ""))
+        text += tlv("84", tlv("00", name) + (terminalName.map { tlv("01", $0) } ?? ""))
         let signed = text
         text += tlv("82", keyId)
         let signature: Data
@@ -272,6 +290,20 @@ enum PayloadFields {
         guard isCurrency(p.currency) else { throw .invalid("currency must be 3 capital letters") }
         guard p.expiresAtSeconds > 0 else { throw .invalid("expiry must be positive") }
         guard !p.merchantName.isEmpty else { throw .invalid("merchant name is empty") }
+        if let terminalName = p.terminalName {
+            guard !terminalName.isEmpty else { throw .invalid("terminal name is empty") }
+        }
+        if let created = p.createdAtSeconds {
+            guard created > 0, created <= p.expiresAtSeconds else { throw .invalid("created after its expiry") }
+        }
+        // A name is shown to the shopper as it is: no control characters (escape sequences) in it.
+        for name in [p.merchantName, p.terminalName ?? ""] where name.unicodeScalars.contains(where: Self.isControl) {
+            throw .invalid("a name holds control characters")
+        }
+    }
+
+    static func isControl(_ c: Unicode.Scalar) -> Bool {
+        c.value < 0x20 || (c.value >= 0x7F && c.value < 0xA0)
     }
 
     /// EMVCo's tag 59 wants at most 25 characters of a common character set: ASCII letters, digits and
@@ -310,9 +342,16 @@ enum PayloadFields {
         guard expiryText.utf8.count <= 12, expiryText.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
             let expiry = Int64(expiryText)
         else { throw .invalid("malformed expiry") }
+        var created: Int64?
+        if let createdText = w["04"] {
+            guard createdText.utf8.count <= 12, createdText.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+                let value = Int64(createdText)
+            else { throw .invalid("malformed creation time") }
+            created = value
+        }
         let payload = PaymentPayload(
             requestId: requestId, merchantId: merchantId, merchantName: name, amountMinor: amount, currency: currency,
-            expiresAtSeconds: expiry)
+            expiresAtSeconds: expiry, terminalName: n["01"], createdAtSeconds: created)
         try check(payload)
         return payload
     }

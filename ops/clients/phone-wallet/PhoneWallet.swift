@@ -16,7 +16,7 @@ struct PhoneWallet: AsyncParsableCommand {
             device and account ids, the phone-gateway's URL and the keys that verify payloads. \
             Exit status: 0 success; 1 declined; 2 usage, connection errors and timeouts.
             """,
-        subcommands: [Enroll.self, Pay.self, Balance.self])
+        subcommands: [Enroll.self, Pay.self, Nearby.self, Balance.self])
 }
 
 enum Exit {
@@ -139,31 +139,184 @@ struct Enroll: AsyncParsableCommand {
     }
 }
 
+// MARK: - the link
+
+/// Where the phone listens: the same settings as the terminal's (only the port, the interface and a multicast
+/// group matter for listening; a listener hears broadcasts and unicast to the port as well).
+struct LinkOptions: ParsableArguments {
+    @Option(help: "The link address; a multicast group (e.g. 239.255.74.74) is joined, other addresses only name the mode. [env WIPAY_LINK_ADDRESS]")
+    var linkAddress: String?
+    @Option(help: "The link's UDP port. [env WIPAY_LINK_PORT, default 47474]") var linkPort: Int?
+    @Option(help: "Listen on this network interface only (e.g. wlan0). [env WIPAY_LINK_INTERFACE]") var linkInterface: String?
+
+    func settings() throws(LinkError) -> LinkSettings {
+        try LinkSettings.resolve(address: linkAddress, port: linkPort, interface: linkInterface)
+    }
+}
+
+/// Verifies what the link carries with the wallet's payload keys; a payload signed with a key the wallet does
+/// not know makes it fetch the keys once (the server may have rotated its key).
+final class PayloadAcceptor: @unchecked Sendable {
+    private let home: WalletHome
+    private let client: PhoneClient
+    private let keysRefreshed = OnceFlag()
+    let walletKeys: KeyBox
+
+    init(home: WalletHome, client: PhoneClient, keys: [String: [UInt8]]) {
+        self.home = home
+        self.client = client
+        self.walletKeys = KeyBox(keys)
+    }
+
+    func accept(_ text: String) async -> PaymentPayload? {
+        if let payload = try? PayloadVerifier(keys: walletKeys.keys).verify(text, nowSeconds: unixNow()) { return payload }
+        guard let keyId = PayloadVerifier.keyId(of: text), walletKeys.keys[keyId] == nil, keysRefreshed.setOnce(),
+            let fresh = try? await client.payloadKeys()
+        else { return nil }
+        walletKeys.keys = fresh
+        try? home.savePayloadKeys(fresh)
+        return try? PayloadVerifier(keys: fresh).verify(text, nowSeconds: unixNow())
+    }
+}
+
+/// How a heard request is shown and listed.
+enum HeardView {
+    static func line(_ request: HeardRequest, now: Int64 = unixNow()) -> String {
+        let p = request.payload
+        let left = max(0, p.expiresAtSeconds - now)
+        return "\(Money.format(p.amountMinor, p.currency)) to \(Console.printable(p.payee)) — \(left) s left (request \(p.requestId), from \(request.from))"
+    }
+
+    static func json(_ request: HeardRequest, now: Int64 = unixNow()) -> JSON {
+        let p = request.payload
+        return .object([
+            "request_id": .string(p.requestId),
+            "merchant": .object(["id": .string(p.merchantId), "name": .string(p.merchantName)]),
+            "terminal_name": .optional(p.terminalName), "payee": .string(p.payee),
+            "amount": .int(p.amountMinor), "currency": .string(p.currency),
+            "created_at": p.createdAtSeconds.map { .string(rfc3339($0)) } ?? .null,
+            "expires_at": .string(rfc3339(p.expiresAtSeconds)), "expires_in": .int(max(0, p.expiresAtSeconds - now)),
+            "from": .string(request.from),
+        ])
+    }
+
+    static func list(_ requests: [HeardRequest]) -> JSON { .array(requests.map { json($0) }) }
+
+    static func rfc3339(_ seconds: Int64) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.string(from: Date(timeIntervalSince1970: TimeInterval(seconds)))
+    }
+}
+
+// MARK: - nearby
+
+struct Nearby: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the payment requests the tills around announce on the local link.",
+        discussion: """
+            Listens for --listen seconds (default 2; tills announce every 300 ms) and lists every pending \
+            request whose payload verifies with the saved keys: amount, merchant and till, time left, the \
+            sender's address. Newest first, each once; expired ones are left out. Pays nothing. With --json: \
+            {"count": N, "requests": [{"request_id", "merchant": {"id", "name"}, "terminal_name", "payee", \
+            "amount", "currency", "created_at", "expires_at", "expires_in", "from"}]}.
+            """)
+
+    @Option(help: "Seconds to listen (1 to 60).") var listen: Int = 2
+    @OptionGroup var link: LinkOptions
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws { throw ExitCode(await nearby()) }
+
+    func nearby() async -> Int32 {
+        guard (1...60).contains(listen) else { return options.fail("invalid_listen", "--listen must be 1 to 60 seconds") }
+        let home = WalletHome(path: options.home)
+        let wallet: Wallet
+        let settings: LinkSettings
+        let client: PhoneClient
+        do {
+            wallet = try home.load()
+        } catch {
+            return options.fail("home_error", error.message)
+        }
+        do {
+            settings = try link.settings()
+        } catch {
+            return options.fail("invalid_link", error.message)
+        }
+        do {
+            client = try PhoneClient(baseURL: wallet.gatewayURL, identity: wallet.identity)
+        } catch {
+            return options.fail("invalid_url", error.message)
+        }
+        let acceptor = PayloadAcceptor(home: home, client: client, keys: wallet.payloadKeys)
+        let heard: [HeardRequest]
+        do {
+            let listener = try LinkListener(settings: settings)
+            defer { listener.close() }
+            if !options.json { Console.error("Listening on the local link (\(settings.summary)) for \(listen) s…") }
+            let window = Duration.seconds(listen)
+            heard = try await listener.hear(deadline: .now + window, settle: window, accept: acceptor.accept)
+                .current(nowSeconds: unixNow())
+        } catch let error as LinkError {
+            return options.fail("link_error", error.message)
+        } catch {
+            return options.fail("link_error", "listening on the link failed: \(error)")
+        }
+        if options.json {
+            print(JSON.object(["count": .int(Int64(heard.count)), "requests": HeardView.list(heard)]).text)
+        } else if heard.isEmpty {
+            print("No payment request heard on the link.")
+        } else {
+            print("\(heard.count) payment request\(heard.count == 1 ? "" : "s") on the link, newest first:")
+            for (i, request) in heard.enumerated() { print("  \(i + 1). \(HeardView.line(request))") }
+        }
+        return Exit.ok
+    }
+}
+
 // MARK: - pay
 
 struct Pay: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Pay the request a terminal announces on the local link.",
+        abstract: "Pay a request a terminal announces on the local link.",
         discussion: """
             Listens on the local link (WIPAY_LINK_ADDRESS/WIPAY_LINK_PORT or --link-address/--link-port, \
-            default port 47474) for a payload that verifies with the saved keys (fetching the keys again \
-            once if it names an unknown key), shows merchant and amount, asks "Pay? [y/N]" unless --yes, \
-            reads the PIN with echo off unless --pin or WIPAY_PIN is given, sends the signed instruction \
-            (retried with the same Idempotency-Key on 503) and waits for the completion notice on the \
-            device's event stream. The PIN is never printed.
+            default port 47474) for payloads that verify with the saved keys (fetching the keys again once \
+            if one names an unknown key). After the first one it keeps listening about a second, so every \
+            till in range is heard. Exactly one pending request (after --request/--terminal/--merchant): it \
+            shows merchant, till and amount and asks "Pay? [y/N]" unless --yes. Several: it lists them, \
+            newest first, and asks which one on the terminal; with --yes, --json or no terminal it pays none \
+            and exits 2 (error code several_requests, the list under "requests"): pick with --request ID or \
+            --terminal NAME. Then it reads the PIN with echo off unless --pin or WIPAY_PIN is given, sends the \
+            signed instruction (retried with the same Idempotency-Key on 503) and waits for the completion \
+            notice on the device's event stream. The PIN is never printed.
             """)
 
     @Option(help: "The PIN (4 to 6 digits). [env WIPAY_PIN; asked for on the terminal otherwise]") var pin: String?
-    @Flag(help: "Do not ask for confirmation.") var yes = false
+    @Flag(help: "Do not ask for confirmation (still refuses to choose between several requests).") var yes = false
     @Option(help: "Seconds to wait for a payload on the link, and then for the notice.") var timeout: Int = 60
-    @Option(help: "The link address (only its port matters for listening). [env WIPAY_LINK_ADDRESS]") var linkAddress: String?
-    @Option(help: "The link's UDP port. [env WIPAY_LINK_PORT, default 47474]") var linkPort: Int?
+    @Option(help: "Pay only this request id (as `nearby` lists it).") var request: String?
+    @Option(help: "Pay only a request of this till: its name (\"till 1\") or \"Merchant — till\"; case ignored.") var terminal: String?
+    @Option(help: "Pay only a request of this merchant (its name; case ignored).") var merchant: String?
+    @OptionGroup var link: LinkOptions
     @OptionGroup var options: CommonOptions
 
     func run() async throws { throw ExitCode(await pay()) }
 
+    /// How long the phone keeps listening after it heard the first request (about three announcements).
+    static let settle: Duration = .seconds(1)
+
     func pay() async -> Int32 {
         guard (1...3600).contains(timeout) else { return options.fail("invalid_timeout", "--timeout must be 1 to 3600 seconds") }
+        if let request, request.isEmpty || request.utf8.count > 64 || !request.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) {
+            return options.fail("invalid_request_id", "--request is a request id such as pr_…")
+        }
+        for (flag, value) in [("--terminal", terminal), ("--merchant", merchant)] {
+            if let value, value.trimmingCharacters(in: .whitespaces).isEmpty || value.count > 200 {
+                return options.fail("invalid_filter", "\(flag) must be 1 to 200 characters")
+            }
+        }
         let home = WalletHome(path: options.home)
         var wallet: Wallet
         do {
@@ -171,9 +324,9 @@ struct Pay: AsyncParsableCommand {
         } catch {
             return options.fail("home_error", error.message)
         }
-        let link: LinkSettings
+        let settings: LinkSettings
         do {
-            link = try LinkSettings.resolve(address: linkAddress, port: linkPort)
+            settings = try link.settings()
         } catch {
             return options.fail("invalid_link", error.message)
         }
@@ -187,47 +340,67 @@ struct Pay: AsyncParsableCommand {
             return options.fail("invalid_pin_format", "a PIN is 4 to 6 digits")
         }
 
-        // 1. Find the payload.
-        let listener: LinkListener
+        // 1. Hear what is on the air, and pick.
+        let choice = LinkChoice(requestId: request, terminal: terminal, merchant: merchant)
+        let acceptor = PayloadAcceptor(home: home, client: client, keys: wallet.payloadKeys)
+        let onAir: [HeardRequest]
         do {
-            listener = try LinkListener(port: link.port)
-        } catch {
+            let listener = try LinkListener(settings: settings)
+            defer { listener.close() }
+            options.say("Listening on the local link (\(settings.summary)) for up to \(timeout) s…")
+            // A request id names one request: no need to wait for the others.
+            let settle = choice.requestId != nil ? Duration.zero : Self.settle
+            onAir = try await listener.hear(
+                deadline: .now + .seconds(timeout), settle: settle, wanted: choice.matches, accept: acceptor.accept
+            ).current(nowSeconds: unixNow())
+        } catch let error as LinkError {
             return options.fail("link_error", error.message)
-        }
-        defer { listener.close() }
-        options.say("Listening on the local link (UDP port \(link.port)) for up to \(timeout) s…")
-        let keysRefreshed = OnceFlag()
-        let walletKeys = KeyBox(wallet.payloadKeys)
-        let found: (text: String, payload: PaymentPayload)?
-        do {
-            found = try await listener.firstAccepted(deadline: .now + .seconds(timeout)) { text in
-                if let payload = try? PayloadVerifier(keys: walletKeys.keys).verify(text, nowSeconds: unixNow()) {
-                    return payload
-                }
-                // An unknown key id: the server may have rotated its key. Fetch the keys once.
-                guard let keyId = PayloadVerifier.keyId(of: text), walletKeys.keys[keyId] == nil, keysRefreshed.setOnce(),
-                    let fresh = try? await client.payloadKeys()
-                else { return nil }
-                walletKeys.keys = fresh
-                try? home.savePayloadKeys(fresh)
-                return try? PayloadVerifier(keys: fresh).verify(text, nowSeconds: unixNow())
-            }
         } catch {
             return options.fail("link_error", "listening on the link failed: \(error)")
         }
-        guard let (payloadText, payload) = found else {
-            return options.fail("timed_out", "no payment request that verifies was announced on port \(link.port) within \(timeout) s")
+        let chosen: HeardRequest
+        var confirmed = yes
+        switch choice.pick(from: onAir) {
+        case .none:
+            return options.fail("timed_out", "no payment request that verifies was announced (\(settings.summary)) within \(timeout) s")
+        case .noMatch(let heard):
+            Self.show(heard, to: .standardError)
+            return options.fail(
+                "no_matching_request", "\(heard.count) request\(heard.count == 1 ? "" : "s") heard, none matching \(Self.describe(choice))",
+                extra: ["requests": HeardView.list(heard)])
+        case .one(let request):
+            chosen = request
+        case .several(let requests):
+            guard !yes, !options.json, Console.canAsk else {
+                Self.show(requests, to: .standardError)
+                return options.fail(
+                    "several_requests",
+                    "\(requests.count) payment requests are on the air; pick one with --request ID or --terminal NAME",
+                    extra: ["requests": HeardView.list(requests)])
+            }
+            Self.show(requests, to: .standardOutput)
+            guard let answer = Console.ask("Pay which one? [1-\(requests.count), Enter for none] "), let n = Int(answer),
+                (1...requests.count).contains(n)
+            else {
+                options.say("Not paid.")
+                return Exit.declined
+            }
+            chosen = requests[n - 1]
+            confirmed = true
         }
-        wallet.payloadKeys = walletKeys.keys
+        let payloadText = chosen.text
+        let payload = chosen.payload
+        wallet.payloadKeys = acceptor.walletKeys.keys
         let amountText = Money.format(payload.amountMinor, payload.currency)
+        let payee = Console.printable(payload.payee)
 
         // 2. Confirm and get the PIN.
         if !options.json {
-            print("Pay \(amountText) to \(payload.merchantName) (request \(payload.requestId))")
+            print("Pay \(amountText) to \(payee) (request \(payload.requestId))")
         } else {
-            Console.error("Pay \(amountText) to \(payload.merchantName) (request \(payload.requestId))")
+            Console.error("Pay \(amountText) to \(payee) (request \(payload.requestId))")
         }
-        if !yes && !Console.confirm("Pay? [y/N] ") {
+        if !confirmed && !Console.confirm("Pay? [y/N] ") {
             options.say("Not paid.")
             if options.json { print(JSON.object(["status": "not_confirmed", "request_id": .string(payload.requestId)]).text) }
             return Exit.declined
@@ -281,6 +454,7 @@ struct Pay: AsyncParsableCommand {
                 "status": "succeeded", "request_id": .string(requestId),
                 "payment_id": .optional(body?["payment_id"]?.string), "amount": .int(payload.amountMinor),
                 "currency": .string(payload.currency), "merchant": .string(payload.merchantName),
+                "terminal_name": .optional(payload.terminalName),
                 "balance": body?["balance"] ?? .null,
                 "notice": notice.map { .object(["event_id": .optional($0.id), "type": .string($0.event)]) } ?? .null,
             ]
@@ -298,7 +472,7 @@ struct Pay: AsyncParsableCommand {
                 print(JSON.object(object).text)
             } else {
                 let balance = body?["balance"]?.int64.map { Money.format($0, payload.currency) } ?? "?"
-                print("Paid \(amountText) to \(payload.merchantName): payment \(body?["payment_id"]?.string ?? "?"), balance \(balance)")
+                print("Paid \(amountText) to \(payee): payment \(body?["payment_id"]?.string ?? "?"), balance \(balance)")
                 print("Notice received: payment.succeeded (event \(notice?.id ?? "?"))")
             }
             return Exit.ok
@@ -315,6 +489,7 @@ struct Pay: AsyncParsableCommand {
                 print(JSON.object([
                     "status": "declined", "request_id": .string(requestId), "amount": .int(payload.amountMinor),
                     "currency": .string(payload.currency), "merchant": .string(payload.merchantName),
+                "terminal_name": .optional(payload.terminalName),
                     "error": ["code": .string(code), "message": .string(message)],
                     "notice": notice.map { .object(["event_id": .optional($0.id), "type": .string($0.event)]) } ?? .null,
                 ]).text)
@@ -326,6 +501,20 @@ struct Pay: AsyncParsableCommand {
         }
         let apiError = APIError(response: response)
         return options.fail(apiError.code, "the gateway refused the instruction: \(apiError)", extra: ["request_id": .string(requestId)])
+    }
+
+    static func show(_ requests: [HeardRequest], to handle: FileHandle) {
+        var text = "\(requests.count) payment request\(requests.count == 1 ? "" : "s") on the link, newest first:\n"
+        for (i, request) in requests.enumerated() { text += "  \(i + 1). \(HeardView.line(request))\n" }
+        handle.write(Data(text.utf8))
+    }
+
+    static func describe(_ choice: LinkChoice) -> String {
+        var parts: [String] = []
+        if let id = choice.requestId { parts.append("request \(id)") }
+        if let terminal = choice.terminal { parts.append("terminal \"\(terminal)\"") }
+        if let merchant = choice.merchant { parts.append("merchant \"\(merchant)\"") }
+        return parts.joined(separator: " and ")
     }
 
     /// PIN entries per `pay` run (the ledger locks the wallet after three wrong PINs in a row).

@@ -14,8 +14,9 @@ struct POSTerminal: AsyncParsableCommand {
             Authenticates to the pos-gateway with the terminal key from `payctl terminal add` \
             (WIPAY_TERMINAL_KEY or --key). The gateway is WIPAY_POS_URL or --url \
             (default http://127.0.0.1:8080). The local link is WIPAY_LINK_ADDRESS / WIPAY_LINK_PORT \
-            or --link-address / --link-port (default 127.0.0.1:47474; on a shop LAN use the broadcast \
-            address, e.g. 255.255.255.255).
+            or --link-address / --link-port (default 127.0.0.1:47474; on a shop LAN the subnet's broadcast \
+            address, e.g. 192.168.1.255, or a multicast group such as 239.255.74.74 with --link-ttl; \
+            --link-interface picks the network interface). See docs/local-link.md.
             """,
         subcommands: [Charge.self])
 }
@@ -48,6 +49,9 @@ struct Charge: AsyncParsableCommand {
     @Option(help: "The pos-gateway's URL. [env WIPAY_POS_URL, default http://127.0.0.1:8080]") var url: String?
     @Option(help: "Where to announce the payload. [env WIPAY_LINK_ADDRESS, default 127.0.0.1]") var linkAddress: String?
     @Option(help: "The link's UDP port. [env WIPAY_LINK_PORT, default 47474]") var linkPort: Int?
+    @Option(help: "Announce on this network interface (e.g. wlan0); needed for 255.255.255.255 on a machine with several. [env WIPAY_LINK_INTERFACE]")
+    var linkInterface: String?
+    @Option(help: "Multicast hops when --link-address is a multicast group (1-255). [env WIPAY_LINK_TTL, default 1]") var linkTtl: Int?
     @Flag(help: "Do not draw the QR code.") var noQr = false
     @Flag(help: "Print one JSON object on stdout (and nothing else).") var json = false
 
@@ -98,7 +102,7 @@ struct Charge: AsyncParsableCommand {
         let baseURL = url ?? env["WIPAY_POS_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "http://127.0.0.1:8080"
         let link: LinkSettings
         do {
-            link = try LinkSettings.resolve(address: linkAddress, port: linkPort)
+            link = try LinkSettings.resolve(address: linkAddress, port: linkPort, interface: linkInterface, ttl: linkTtl)
         } catch {
             return fail("invalid_link", error.message)
         }
@@ -159,7 +163,7 @@ struct Charge: AsyncParsableCommand {
         }
         announcer.start()
         defer { announcer.stop() }
-        say("Announcing on \(link.address):\(link.port); waiting for the phone (Ctrl-C cancels)…")
+        say("Announcing \(link.summary); waiting for the phone (Ctrl-C cancels)…")
 
         // 4. Wait for the outcome, or Ctrl-C.
         let outcome = await withTaskGroup(of: Outcome?.self) { group -> Outcome? in

@@ -20,10 +20,10 @@ extension PaymentRouter {
         case insert(PGStatement, requestId: String)
     }
 
-    /// One query: the first answer for the same key (same body → `exists`, another body → conflict), and the
-    /// terminal's merchant.
+    /// One query: the first answer for the same key (same body → `exists`, another body → conflict), the
+    /// terminal's merchant and the terminal's own name (both go into the signed payload).
     static let createLookupSQL = """
-        SELECT tm.name, tm.currency, \(RequestRow.columns)
+        SELECT tm.name, tm.currency, t.name, \(RequestRow.columns)
         FROM (SELECT 1) AS one
         LEFT JOIN (router.terminals t JOIN router.merchants tm ON tm.id = t.merchant_id) ON t.id = $1 AND t.merchant_id = $2
         LEFT JOIN (router.requests r JOIN router.merchants m ON m.id = r.merchant_id) ON r.terminal_id = $1 AND r.idem_key = $3
@@ -63,9 +63,9 @@ extension PaymentRouter {
     /// Judges one lookup row (`createLookupSQL`); for a new request, signs its payload and returns its insert.
     func evaluate(_ checked: CheckedCreate, columns: [String?]) throws -> CreateVerdict {
         let create = checked.create
-        guard columns.count >= 2 + 22 else { throw RouterError.corrupt("request lookup") }
-        if columns[2] != nil {
-            let existing = try RequestRow(row: Array(columns[2...]))
+        guard columns.count >= 3 + 22 else { throw RouterError.corrupt("request lookup") }
+        if columns[3] != nil {
+            let existing = try RequestRow(row: Array(columns[3...]))
             guard existing.bodyHash == create.bodyHash else { throw RouterError.idempotencyKeyReused }
             return .answer(.ok(existing.info, status: .exists))
         }
@@ -84,7 +84,8 @@ extension PaymentRouter {
             payload = try payloads.sign(
                 PaymentPayload(
                     requestId: id, merchantId: create.merchantId, merchantName: merchantName,
-                    amountMinor: create.amountMinor, currency: create.currency, expiresAtSeconds: expiresAtSeconds))
+                    amountMinor: create.amountMinor, currency: create.currency, expiresAtSeconds: expiresAtSeconds,
+                    terminalName: columns[2], createdAtSeconds: now / 1000))
         } catch {
             logger.error("cannot sign a payload", metadata: ["error": "\(error)", "request.id": "\(id)"])
             throw RouterError(.internalError, "internal_error", "the payload could not be signed")
