@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-faults build compose-check pin-secret payload-key curve-keys clean clean-data
+.PHONY: help run test test-faults test-shop build compose-check pin-secret payload-key curve-keys clean clean-data
 
 help: ## list the targets
 	@echo "WiPay make targets:"
@@ -21,6 +21,9 @@ test-faults: ## the crash-safety fault suite (kill -9 and payctl drain under pay
 	if [ -s "$$report" ]; then echo; echo "--- fault test report ($$report)"; cat "$$report"; \
 	else echo "no fault test report was written (was the suite skipped?)"; [ $$rc -ne 0 ] || rc=1; fi; \
 	exit $$rc
+
+test-shop: ## only the shop across hosts: two tills, a neighbour and a phone in network namespaces (root)
+	bash ops/scripts/test.sh --shop
 
 build: ## swift build -c release
 	bash ops/scripts/deps.sh

@@ -103,22 +103,29 @@ struct E2EWallet: Sendable {
 }
 
 extension E2ESystem {
-    func addMerchant(name: String? = nil, currency: String = "CNY", sourceLocation: SourceLocation = #_sourceLocation)
-        async throws -> E2EMerchant
-    {
+    func addMerchant(
+        name: String? = nil, currency: String = "CNY", terminal: String = "counter 1",
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws -> E2EMerchant {
         let name = name ?? "Cafe \(e2eToken(6))"
         let m = try await payctl(["merchant", "add", "--name", name, "--currency", currency])
         guard m.status == 0, let merchantId = m.string("merchant_id"), let accountId = m.string("account_id") else {
             throw E2EFailure("payctl merchant add failed: \(m)")
         }
-        let t = try await payctl(["terminal", "add", "--merchant", merchantId, "--name", "counter 1"])
+        let (terminalId, key) = try await addTerminal(merchantId: merchantId, name: terminal)
+        return E2EMerchant(
+            merchantId: merchantId, accountId: accountId, name: name, currency: currency, terminalId: terminalId,
+            terminalKey: key)
+    }
+
+    /// Another terminal (till) of a merchant: its id and key.
+    func addTerminal(merchantId: String, name: String) async throws -> (id: String, key: String) {
+        let t = try await payctl(["terminal", "add", "--merchant", merchantId, "--name", name])
         guard t.status == 0, let terminalId = t.string("terminal_id"), let key = t.string("terminal_key") else {
             throw E2EFailure("payctl terminal add failed: \(t)")
         }
         noteSecret(key)
-        return E2EMerchant(
-            merchantId: merchantId, accountId: accountId, name: name, currency: currency, terminalId: terminalId,
-            terminalKey: key)
+        return (terminalId, key)
     }
 
     func addWallet(pin: String = "908172", currency: String = "CNY", funds: Int64 = 100_000) async throws -> E2EWallet {

@@ -461,13 +461,15 @@ final class E2ESystem: Sendable {
     }
 
     /// Runs a built tool to its end (bounded), capturing stdout and stderr.
-    func run(_ tool: String, _ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(60))
-        async throws -> E2ECommandResult
-    {
+    /// `netns`: run it in that network namespace (`ip netns exec`), as another host on a test network.
+    func run(
+        _ tool: String, _ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(60),
+        netns: String? = nil
+    ) async throws -> E2ECommandResult {
         let token = e2eToken(8)
         let outPath = "\(dir)/\(tool)-\(token).out"
         let errPath = "\(dir)/\(tool)-\(token).err"
-        let executable = bin.appendingPathComponent(tool)
+        let (executable, commandArguments) = try command(tool, arguments, netns: netns)
         let result: E2ECommandResult = try await e2eBlocking {
             _ = FileManager.default.createFile(atPath: outPath, contents: nil)
             _ = FileManager.default.createFile(atPath: errPath, contents: nil)
@@ -476,7 +478,7 @@ final class E2ESystem: Sendable {
             }
             let process = Process()
             process.executableURL = executable
-            process.arguments = arguments
+            process.arguments = commandArguments
             var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("WIPAY_") }
             for (key, value) in environment { env[key] = value }
             process.environment = env
@@ -503,12 +505,22 @@ final class E2ESystem: Sendable {
     }
 
     /// Starts a built tool in the background (the reference clients), its output in a log file.
-    func spawn(_ tool: String, _ arguments: [String], environment: [String: String]) throws -> E2EChild {
+    func spawn(_ tool: String, _ arguments: [String], environment: [String: String], netns: String? = nil) throws -> E2EChild {
+        let (executable, commandArguments) = try command(tool, arguments, netns: netns)
         let child = try E2EChild(
-            name: tool, executable: bin.appendingPathComponent(tool), arguments: arguments, environment: environment,
+            name: tool, executable: executable, arguments: commandArguments, environment: environment,
             logPath: "\(dir)/\(tool)-\(e2eToken(6)).log")
         children.withLock { $0.append(child) }
         return child
+    }
+
+    /// The built `tool`, or `ip netns exec NETNS tool` to run it on another (namespaced) host.
+    func command(_ tool: String, _ arguments: [String], netns: String?) throws -> (URL, [String]) {
+        let executable = bin.appendingPathComponent(tool)
+        guard let netns else { return (executable, arguments) }
+        guard let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].first(where: FileManager.default.isExecutableFile)
+        else { throw E2EFailure("`ip` (iproute2) is needed to run \(tool) in network namespace \(netns)") }
+        return (URL(fileURLWithPath: ip), ["netns", "exec", netns, executable.path] + arguments)
     }
 
     /// A UDP/TCP port for one test's local link, distinct from every other test's in this system.
