@@ -82,8 +82,15 @@ let package = Package(
         // What both HTTP gateways share: strict JSON, errors, idempotency keys, SSE streams fed by the notifier.
         .target(
             name: "WiPayGateway",
-            dependencies: ["WiPayBus", "WiPayRuntime", hummingbird, crypto, log, metrics, lifecycle],
-            path: "shared/WiPayGateway", swiftSettings: swiftSettings),
+            dependencies: ["WiPayBus", "WiPayRuntime", "WiPayPayload", hummingbird, crypto, log, metrics, lifecycle],
+            path: "shared/WiPayGateway",
+            // The browser pages (docs/pages.md), compiled into the gateways: nothing to find at run time.
+            resources: [
+                .embedInCode("Pages/common.css"), .embedInCode("Pages/common.js"),
+                .embedInCode("Pages/pos.html"), .embedInCode("Pages/pos.js"),
+                .embedInCode("Pages/wallet.html"), .embedInCode("Pages/wallet.js"),
+            ],
+            swiftSettings: swiftSettings),
 
         // What the reference clients (and the end-to-end tests and paybench) share: HTTP and SSE client,
         // device signatures, the local link, QR codes in a terminal.
@@ -97,7 +104,7 @@ let package = Package(
             "payment-router", folder: "payment-router", library: "PaymentRouterService",
             deps: serviceDeps + ["Postgres", "WiPayPayload", crypto])
         + service("notifier", folder: "notifier", library: "NotifierService", deps: serviceDeps + ["Postgres"])
-        + service("pos-gateway", folder: "pos-gateway", library: "POSGatewayService", deps: serviceDeps + [hummingbird, "WiPayGateway"])
+        + service("pos-gateway", folder: "pos-gateway", library: "POSGatewayService", deps: serviceDeps + [hummingbird, "WiPayGateway", "WiPayPayload"])
         + service("phone-gateway", folder: "phone-gateway", library: "PhoneGatewayService", deps: serviceDeps + [hummingbird, "WiPayGateway", crypto])
         + [
             .executableTarget(

@@ -1,6 +1,6 @@
 import Testing
 
-@testable import WiPayClient
+@testable import WiPayPayload
 
 @Suite struct QRCodeTests {
     static let vectors = [QRVectors.helloWorld, QRVectors.version7, QRVectors.version10]

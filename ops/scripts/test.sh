@@ -40,6 +40,18 @@ if [[ -z "${WIPAY_SCHEMATHESIS:-}" ]]; then
     fi
 fi
 
+# Chromium, chromedriver and Selenium (Tests/EndToEndTests/BrowserE2ETests.swift drives the pages in a real
+# browser). As with Schemathesis: under CI a missing tool is an error; elsewhere that test is skipped.
+if [[ -z "${WIPAY_BROWSER_PYTHON:-}" ]]; then
+    if WIPAY_BROWSER_PYTHON="$(bash "$REPO_ROOT/ops/scripts/browser-tools.sh")"; then
+        export WIPAY_BROWSER_PYTHON
+    elif [[ "${CI:-}" == "true" ]]; then
+        die "could not install Chromium and Selenium (ops/scripts/browser-tools.sh)"
+    else
+        printf '%s: warning: Chromium/Selenium are not available; the browser test is skipped\n' "$prog" >&2
+    fi
+fi
+
 shop_only=0
 if [[ "${1:-}" == "--shop" ]]; then
     shop_only=1

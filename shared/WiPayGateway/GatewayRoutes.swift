@@ -140,12 +140,13 @@ extension GatewayResponse {
 
 extension Router where Context == BasicRequestContext {
     /// What both gateways put first on their router: contract-shaped errors (with `405` and `Allow` for a
-    /// known path asked with another method), per-route metrics and `GET /openapi.yaml` (this gateway's
-    /// own document).
+    /// known path asked with another method), per-route metrics, `GET /openapi.yaml` (this gateway's
+    /// own document) and the browser pages (`BrowserPages`).
     public func addGatewayBasics(service: String, api: GatewayAPI) {
         add(middleware: GatewayErrorMiddleware(table: GatewayRouteTable(router: self)))
         add(middleware: GatewayMetricsMiddleware(service: service))
         get("openapi.yaml") { _, _ in GatewayResponse.openAPI(api) }
+        addPages(api)
     }
 
 }

@@ -4,7 +4,7 @@
 /// docs/openapi/phone-gateway.yaml, split by tag from docs/openapi.yaml.
 public enum OpenAPIDocument {
     /// SHA-256 of the docs/openapi.yaml these were generated from.
-    public static let sourceSHA256 = "ca9cc7eb1f03ecc131b67c6fa048bfa6268ff39e43b77ba95b5b31ccc4cf192d"
+    public static let sourceSHA256 = "c8b44902657e738aeeb20fa440d400ccce22d28312db377e7a0def9eff1b66b2"
 
     /// docs/openapi/pos-gateway.yaml
     public static let pos = #"""
@@ -129,6 +129,43 @@ paths:
               operationId: createRefund
               parameters:
                 payment_id: '$response.body#/payment/id'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '403':
+          $ref: '#/components/responses/Forbidden'
+        '404':
+          $ref: '#/components/responses/NotFound'
+        '429':
+          $ref: '#/components/responses/RateLimited'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '502':
+          $ref: '#/components/responses/BadGateway'
+        '503':
+          $ref: '#/components/responses/Unavailable'
+
+  /v1/payment-requests/{id}/qr.svg:
+    get:
+      tags: [pos]
+      operationId: getPaymentRequestQRCode
+      summary: The request's payload as a QR code (SVG), as the counter page shows it
+      description: |
+        The same `payload` as in the payment request object, encoded as a QR code (byte mode, error
+        correction level M) and drawn as an SVG image with a quiet zone of 4 modules. Holds nothing but the
+        public payload. Same authentication and the same 404 as `GET /v1/payment-requests/{id}`.
+      security:
+        - terminalKey: []
+      parameters:
+        - $ref: '#/components/parameters/RequestId'
+      responses:
+        '200':
+          description: The QR code.
+          content:
+            image/svg+xml:
+              schema:
+                type: string
         '400':
           $ref: '#/components/responses/BadRequest'
         '401':

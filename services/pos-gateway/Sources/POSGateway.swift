@@ -2,6 +2,7 @@ import Hummingbird
 import Logging
 import WiPayBus
 import WiPayGateway
+import WiPayPayload
 import WiPayRuntime
 
 /// The pos-gateway: the HTTP edge for terminals (bearer terminal keys). Creates, reads and cancels
@@ -36,6 +37,9 @@ public final class POSGateway: Sendable {
         }
         router.get("v1/payment-requests/:id") { request, context in
             await GatewayResponse.handle { try await self.get(request, id: context.parameters.get("id") ?? "") }
+        }
+        router.get("v1/payment-requests/:id/qr.svg") { request, context in
+            await GatewayResponse.handle { try await self.qrCode(request, id: context.parameters.get("id") ?? "") }
         }
         router.post("v1/payment-requests/:id/cancel") { request, context in
             await GatewayResponse.handle { try await self.cancel(request, id: context.parameters.get("id") ?? "") }
@@ -126,6 +130,22 @@ public final class POSGateway: Sendable {
         let (_, info) = try await caller.call(
             .requestGet, RequestRef(requestId: id, merchantId: terminal.merchantId), as: PaymentRequestInfo.self)
         return GatewayResponse.json(.ok, Self.render(info))
+    }
+
+    /// The request's payload as a QR code (SVG), for the counter page. The same authentication and the same
+    /// 404 as `get`; the image holds only the public payload.
+    func qrCode(_ request: Request, id: String) async throws(GatewayError) -> Response {
+        let terminal = try await authenticate(request)
+        guard Validate.isPlausibleId(id) else { throw Self.requestNotFound(id) }
+        let (_, info) = try await caller.call(
+            .requestGet, RequestRef(requestId: id, merchantId: terminal.merchantId), as: PaymentRequestInfo.self)
+        guard let code = try? QRCode(text: info.payload) else {
+            throw GatewayError(.internalServerError, "internal_error", "the payload does not fit in a QR code")
+        }
+        var headers = BrowserPages.securityHeaders
+        headers[.contentType] = "image/svg+xml"
+        headers[.cacheControl] = "private, max-age=300"
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: code.svg())))
     }
 
     func cancel(_ request: Request, id: String) async throws(GatewayError) -> Response {

@@ -397,3 +397,34 @@ extension QRCode {
         return out
     }
 }
+
+extension QRCode {
+    /// The code as an SVG image: one path of unit squares on a white background, with a quiet zone of
+    /// `quietZone` modules, `scale` pixels per module for its intrinsic size. Nothing in it comes from the
+    /// encoded text, so it is safe to serve for any payload.
+    public func svg(quietZone: Int = 4, scale: Int = 8) -> String {
+        let full = size + 2 * quietZone
+        var path = ""
+        path.reserveCapacity(size * size * 4)
+        for (r, row) in modules.enumerated() {
+            var c = 0
+            while c < size {
+                guard row[c] else {
+                    c += 1
+                    continue
+                }
+                // One rectangle per run of dark modules in a row.
+                var run = 1
+                while c + run < size && row[c + run] { run += 1 }
+                path += "M\(c + quietZone) \(r + quietZone)h\(run)v1h-\(run)z"
+                c += run
+            }
+        }
+        let pixels = full * max(1, scale)
+        return """
+            <svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 \(full) \(full)" width="\(pixels)" height="\(pixels)" \
+            shape-rendering="crispEdges" role="img" aria-label="QR code of the payment request">\
+            <rect width="\(full)" height="\(full)" fill="#fff"/><path d="\(path)" fill="#000"/></svg>
+            """
+    }
+}
