@@ -17,7 +17,7 @@ struct GatewayOpenAPITests {
     }
 
     static let posPaths: Set<String> = [
-        "/v1/payment-requests", "/v1/payment-requests/{id}", "/v1/payment-requests/{id}/cancel",
+        "/v1/payment-requests", "/v1/payment-requests/{id}", "/v1/payment-requests/{id}/cancel", "/v1/payment-requests/{id}/qr.svg",
         "/v1/payments/{payment_id}/refunds", "/v1/terminal/events", "/openapi.yaml", "/healthz", "/metrics",
     ]
     static let phonePaths: Set<String> = [
@@ -106,8 +106,10 @@ struct GatewayOpenAPITests {
         router.get("v1/payment-requests/:id") { _, _ in "ok" }
         router.post("v1/payment-requests/:id/cancel") { _, _ in "ok" }
         let table = GatewayRouteTable(router: router)
+        // The basics include the counter page and its assets (BrowserPages).
         #expect(table.routes.map(\.template).sorted() == [
-            "/healthz", "/openapi.yaml", "/v1/payment-requests", "/v1/payment-requests/{id}", "/v1/payment-requests/{id}/cancel",
+            "/assets/common.css", "/assets/common.js", "/healthz", "/openapi.yaml", "/pos", "/pos/pos.js",
+            "/v1/payment-requests", "/v1/payment-requests/{id}", "/v1/payment-requests/{id}/cancel",
         ])
         #expect(table.methods(at: "/v1/payment-requests/pr_x") == ["GET"])
         #expect(table.methods(at: "/openapi.yaml") == ["GET"])
