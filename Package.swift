@@ -52,6 +52,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.27.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
         // Tests only: the end-to-end suite reads docs/openapi.yaml to check the responses it saw.
         .package(url: "https://github.com/jpsim/Yams", exact: "5.0.1"),
@@ -73,7 +74,10 @@ let package = Package(
         // What every service shares: configuration, logging, metrics, control socket, heartbeats, lifecycle.
         .target(
             name: "WiPayRuntime",
-            dependencies: ["WiPayBus", "ZeroMQ", log, metrics, prometheus, lifecycle, hummingbird, argumentParser],
+            dependencies: [
+                "WiPayBus", "ZeroMQ", log, metrics, prometheus, lifecycle, hummingbird, argumentParser,
+                .product(name: "HummingbirdTLS", package: "hummingbird"), .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
             path: "shared/WiPayRuntime", swiftSettings: swiftSettings),
 
         // The signed payment payload (EMVCo layout): the router signs it, phones verify it.
@@ -82,13 +86,18 @@ let package = Package(
         // What both HTTP gateways share: strict JSON, errors, idempotency keys, SSE streams fed by the notifier.
         .target(
             name: "WiPayGateway",
-            dependencies: ["WiPayBus", "WiPayRuntime", "WiPayPayload", hummingbird, crypto, log, metrics, lifecycle],
-            path: "shared/WiPayGateway",
-            // The browser pages (docs/pages.md), compiled into the gateways: nothing to find at run time.
+            dependencies: ["WiPayBus", "WiPayRuntime", "WiPayPayload", "WiPayPages", hummingbird, crypto, log, metrics, lifecycle],
+            path: "shared/WiPayGateway", swiftSettings: swiftSettings),
+
+        // The browser pages (docs/pages.md): the counter, the wallet and the operations console, compiled in
+        // (nothing to find on disk at run time) and served with one strict set of security headers.
+        .target(
+            name: "WiPayPages", dependencies: [hummingbird], path: "shared/WiPayPages",
             resources: [
                 .embedInCode("Pages/common.css"), .embedInCode("Pages/common.js"),
                 .embedInCode("Pages/pos.html"), .embedInCode("Pages/pos.js"),
                 .embedInCode("Pages/wallet.html"), .embedInCode("Pages/wallet.js"),
+                .embedInCode("Pages/console.html"), .embedInCode("Pages/console.js"),
             ],
             swiftSettings: swiftSettings),
 
@@ -104,11 +113,11 @@ let package = Package(
             "payment-router", folder: "payment-router", library: "PaymentRouterService",
             deps: serviceDeps + ["Postgres", "WiPayPayload", crypto])
         + service("notifier", folder: "notifier", library: "NotifierService", deps: serviceDeps + ["Postgres"])
-        + service("pos-gateway", folder: "pos-gateway", library: "POSGatewayService", deps: serviceDeps + [hummingbird, "WiPayGateway", "WiPayPayload"])
+        + service("pos-gateway", folder: "pos-gateway", library: "POSGatewayService", deps: serviceDeps + [hummingbird, "WiPayGateway", "WiPayPayload", "WiPayPages"])
         + service("phone-gateway", folder: "phone-gateway", library: "PhoneGatewayService", deps: serviceDeps + [hummingbird, "WiPayGateway", crypto])
         + [
             .executableTarget(
-                name: "payctl", dependencies: ["WiPayBus", "WiPayRuntime", "WiPayPayload", "ZeroMQ", argumentParser, log],
+                name: "payctl", dependencies: ["WiPayBus", "WiPayRuntime", "WiPayPayload", "WiPayPages", "ZeroMQ", argumentParser, log, hummingbird],
                 path: "ops/payctl", swiftSettings: swiftSettings),
             .executableTarget(
                 name: "paybench", dependencies: ["WiPayBus", "WiPayRuntime", "WiPayClient", "WiPayPayload", "ZeroMQ", argumentParser, hdr, log, crypto],

@@ -1,7 +1,9 @@
-// The counter (/pos/) and the wallet (/wallet/) in a real Chromium, against the whole system: a complete
-// payment through both pages, a declined attempt shown on both, forged and expired payloads refused, and a
-// merchant named with markup shown as text (ops/browser/pages_test.py drives the browsers). Afterwards the
-// balances moved exactly once. Also the pages' security headers, without a browser.
+// The counter (/pos/), the wallet (/wallet/) and the operations console (`payctl console`) in a real
+// Chromium, against the whole system: a complete payment through both pages, a declined attempt shown on
+// both, forged and expired payloads refused, a merchant named with markup shown as text, and the console
+// listing every stage, the payment, its trace, reconcile and a confirmed drain (ops/browser/pages_test.py
+// drives the browsers). Afterwards the balances moved exactly once. Also the pages' security headers and the
+// console's refusals, without a browser.
 //
 // Chromium, chromedriver and Selenium come from ops/scripts/browser-tools.sh (ops/scripts/test.sh sets
 // WIPAY_BROWSER_PYTHON to its Python). Without it the browser test is skipped, except under CI=true, where
@@ -17,10 +19,74 @@ import WiPayPayload
     import Glibc
 #endif
 
-@Suite("End to end: the counter and wallet pages", .e2eSystem, .enabled(if: E2EEnv.ready))
+/// A self-signed certificate for 127.0.0.1 and localhost, made once per test run with openssl: every service of
+/// the browser suite also serves HTTPS (on a free port), where the wallet page must work as on a real phone.
+enum E2ETLS {
+    static let files: (cert: String, key: String)? = {
+        let dir = NSTemporaryDirectory() + "wipay-e2e-tls-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let cert = "\(dir)/cert.pem"
+        let key = "\(dir)/key.pem"
+        guard let openssl = ["/usr/bin/openssl", "/bin/openssl"].first(where: FileManager.default.isExecutableFile) else { return nil }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: openssl)
+        process.arguments = [
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", key, "-out", cert,
+        ]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return nil }
+        process.waitUntilExit()
+        return process.terminationStatus == 0 ? (cert, key) : nil
+    }()
+
+    static var environment: [String: String] {
+        guard let files else { return [:] }
+        return ["WIPAY_HTTPS_PORT": "0", "WIPAY_TLS_CERT_FILE": files.cert, "WIPAY_TLS_KEY_FILE": files.key]
+    }
+
+    /// The HTTPS endpoint a service logged (`https.endpoint=https://127.0.0.1:PORT`).
+    static func endpoint(in log: String) -> String? {
+        guard let range = log.range(of: #"https\.endpoint=https://127\.0\.0\.1:[0-9]+"#, options: .regularExpression) else { return nil }
+        return String(log[range].dropFirst("https.endpoint=".count))
+    }
+}
+
+// Serialized: the browser test drains the notifier at its end.
+@Suite(
+    "End to end: the counter, wallet and console pages", .e2eSystem(environment: E2ETLS.environment), .serialized,
+    .enabled(if: E2EEnv.ready))
 struct BrowserE2ETests {
     static var python: String? {
         ProcessInfo.processInfo.environment["WIPAY_BROWSER_PYTHON"].flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// One request written as is to 127.0.0.1:`port`, and everything the server answers until it closes.
+    static func rawHTTP(port: Int, _ request: String) throws -> String {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw E2EFailure("socket failed") }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { throw E2EFailure("cannot connect to 127.0.0.1:\(port)") }
+        let bytes = Array(request.utf8)
+        guard bytes.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == bytes.count else { throw E2EFailure("send failed") }
+        var answer: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while answer.count < 65536 {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            answer += buffer[0..<n]
+        }
+        return String(decoding: answer, as: UTF8.self)
     }
 
     @Test("pages are served with a strict Content-Security-Policy and no inline script", .timeLimit(.minutes(1)))
@@ -84,6 +150,35 @@ struct BrowserE2ETests {
                 requestId: "pr_expiredexpiredexpire", merchantId: merchant.merchantId, merchantName: merchant.name,
                 amountMinor: 500, currency: "CNY", expiresAtSeconds: Int64(Date().timeIntervalSince1970) - 60,
                 terminalName: "counter 1"))
+        // The operations console of this system, before the payment, so that it counts it.
+        let consolePort = system.linkPort()
+        let console = try system.spawn(
+            "payctl", ["console", "--port", "\(consolePort)"], environment: ["WIPAY_BUS_PORT": "\(system.busPort)"])
+        defer { console.signal(SIGTERM) }
+        let consoleURL = "http://127.0.0.1:\(consolePort)"
+        let consoleUp = await e2eWait(timeout: .seconds(20), interval: .milliseconds(200)) {
+            guard let http = try? E2EHTTP(baseURL: consoleURL, system: system) else { return false }
+            return (try? await http.send("GET", "/console/", record: false))?.status == 200
+        }
+        #expect(consoleUp, "payctl console did not start:\n\(console.tail(20))")
+        // Its API answers only its own page: not without the header, not under another Host name.
+        let consoleHTTP = try E2EHTTP(baseURL: consoleURL, system: system)
+        let bare = try await consoleHTTP.send("GET", "/api/instances", record: false)
+        #expect(bare.status == 403 && bare.code == "console_header_missing", "\(bare)")
+        // (A DNS-rebinding page reaches 127.0.0.1 under its own name; our client always sends the real Host.)
+        let rebound = try await e2eBlocking {
+            try Self.rawHTTP(
+                port: consolePort,
+                "GET /api/instances HTTP/1.1\r\nHost: evil.example:\(consolePort)\r\nX-WiPay-Console: 1\r\nConnection: close\r\n\r\n")
+        }
+        #expect(rebound.hasPrefix("HTTP/1.1 421") && rebound.contains("host_not_allowed"), "\(rebound.prefix(400))")
+        let crossSite = try await consoleHTTP.send(
+            "POST", "/api/reconcile", headers: ["X-WiPay-Console": "1", "Origin": "http://evil.example"], body: Array("{}".utf8),
+            record: false)
+        #expect(crossSite.status == 403 && crossSite.code == "origin_not_allowed", "\(crossSite)")
+        // The phone-gateway over TLS, as a phone on the shop's network reaches it.
+        let walletTLS = try #require(
+            E2ETLS.endpoint(in: system.child("phone-gateway")?.log ?? ""), "the phone-gateway logged no HTTPS endpoint (is openssl installed?)")
         let shots = ProcessInfo.processInfo.environment["WIPAY_SCREENSHOT_DIR"].flatMap { $0.isEmpty ? nil : $0 }
             ?? "\(system.dir)/screenshots"
         let script = SchemathesisE2ETests.repoRoot.appendingPathComponent("ops/browser/pages_test.py").path
@@ -94,7 +189,8 @@ struct BrowserE2ETests {
                 "WIPAY_TERMINAL_KEY": merchant.terminalKey, "WIPAY_MERCHANT_NAME": merchant.name,
                 "WIPAY_HOSTILE_TERMINAL_KEY": hostile.terminalKey, "WIPAY_HOSTILE_NAME": hostileName,
                 "WIPAY_ENROLLMENT_CODE": wallet.enrollmentCode, "WIPAY_PIN": wallet.pin,
-                "WIPAY_EXPIRED_PAYLOAD": expired, "WIPAY_SCREENSHOTS": shots, "PYTHONDONTWRITEBYTECODE": "1",
+                "WIPAY_EXPIRED_PAYLOAD": expired, "WIPAY_SCREENSHOTS": shots, "WIPAY_CONSOLE_URL": consoleURL,
+                "WIPAY_WALLET_TLS_URL": walletTLS, "PYTHONDONTWRITEBYTECODE": "1",
             ], uniquingKeysWith: { $1 })
         let logPath = "\(system.dir)/browser.log"
         let env = environment

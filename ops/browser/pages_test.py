@@ -9,13 +9,16 @@ environment:
   WIPAY_HOSTILE_TERMINAL_KEY          a till of a merchant named WIPAY_HOSTILE_NAME (markup)
   WIPAY_ENROLLMENT_CODE, WIPAY_PIN    a funded wallet, not yet enrolled
   WIPAY_EXPIRED_PAYLOAD               a genuine payload (signed with the system's key) already expired
+  WIPAY_CONSOLE_URL                   `payctl console` of the same system, started before the payment
+  WIPAY_WALLET_TLS_URL                the phone-gateway's HTTPS endpoint (a self-signed certificate)
   WIPAY_SCREENSHOTS                   the folder the screenshots go to
 
 Scenario: the counter charges 12.50; the wallet enrolls (the key made in the browser), refuses a forged
 and an expired payload, pays with a wrong PIN (declined on both pages, request still open), then with the
 right one (succeeded on both pages, with the completion notice); a merchant named with markup is shown
-literally on both pages and runs nothing. No page logs a Content-Security-Policy violation or an
-uncaught error. Prints one JSON line; exits 1 on any failed check.
+literally on both pages and runs nothing. The operations console lists every stage, counts the payment,
+shows its trace, reconciles, and drains the notifier only once its name is typed. No page logs a
+Content-Security-Policy violation or an uncaught error. Prints one JSON line; exits 1 on any failed check.
 """
 
 import json
@@ -53,8 +56,10 @@ def check(ok, what):
     return ok
 
 
-def browser(width, height):
+def browser(width, height, insecure_tls=False):
     options = webdriver.ChromeOptions()
+    if insecure_tls:
+        options.add_argument("--ignore-certificate-errors")  # the test's self-signed certificate only
     options.binary_location = "/usr/bin/chromium"
     for argument in (
         "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
@@ -165,6 +170,45 @@ def wallet_check(wallet, payload):
     el(wallet, "check-button").click()
 
 
+def console_checks(console, paid_request):
+    console.get(ENV["WIPAY_CONSOLE_URL"].rstrip("/") + "/console/")
+    stages = ["ledger", "notifier", "payment-router", "phone-gateway", "pos-gateway"]
+
+    def services(d):
+        return {row.get_attribute("data-service") for row in d.find_elements(By.CSS_SELECTOR, "#instance-rows tr")}
+
+    wait(console, lambda d: set(stages) <= services(d), "the console lists every stage", timeout=30)
+    wait(console, lambda d: "healthy" in text(d, "instance-rows"), "the console shows the instances' health")
+    wait(console, lambda d: d.find_elements(By.CSS_SELECTOR, '#outcome-rows tr[data-outcome="succeeded"]'),
+         "the console counted the payment among the outcomes")
+    check(len(console.find_elements(By.CSS_SELECTOR, "#rate-chart rect")) >= 1, "the rate chart has a bar")
+    fill(console, "trace-id", paid_request)
+    el(console, "trace-button").click()
+    wait(console, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#trace-rows tr")) >= 3 and "succeeded" in text(d, "trace-summary"),
+         "the console shows the payment's trace")
+    el(console, "reconcile-button").click()
+    wait(console, lambda d: text(d, "reconcile-status") == "all invariants hold", "the console's reconcile passes", timeout=60)
+    button = console.find_element(By.CSS_SELECTOR, '#instance-rows tr[data-service="notifier"] button[data-drain]')
+    instance = button.get_attribute("data-drain")
+    button.click()
+    wait(console, lambda d: visible(d, "drain-panel"), "drain asks for a confirmation")
+    fill(console, "drain-confirm", "not-" + instance)
+    el(console, "drain-button").click()
+    wait(console, lambda d: "exactly" in text(d, "drain-message"), "a wrong confirmation drains nothing")
+    check(visible(console, "drain-panel"), "the drain is still waiting for its confirmation")
+    shot(console, "console-drain.png")
+    fill(console, "drain-confirm", instance)
+    el(console, "drain-button").click()
+    wait(console, lambda d: "is draining" in text(d, "drain-message"), "the typed confirmation drains the notifier")
+
+    def notifier_state(d):
+        rows = d.find_elements(By.CSS_SELECTOR, f'#instance-rows tr[data-instance="{instance}"]')
+        return "gone" if not rows else rows[0].text
+
+    wait(console, lambda d: notifier_state(d) == "gone" or "draining" in notifier_state(d),
+         "the console shows the notifier draining or gone", timeout=30)
+
+
 def main():
     pos = browser(1024, 1000)
     wallet = browser(390, 844)  # a phone's width
@@ -259,6 +303,32 @@ def main():
         el(wallet, "back-button").click()
         el(pos, "cancel-button").click()
         wait(pos, lambda d: text(d, "current-status") == "canceled", "the counter cancels the hostile request")
+
+        # 7. The operations console.
+        console = browser(1280, 1500)
+        try:
+            console_checks(console, result["paid_request"])
+            console.execute_script("window.scrollTo(0, 0)")
+            shot(console, "console.png")
+            check(not page_problems(console), "the console logged no CSP violation or uncaught error")
+        finally:
+            console.quit()
+
+        # 8. The wallet over HTTPS, as a phone on the shop's network opens it: a secure context, WebCrypto there.
+        phone = browser(390, 844, insecure_tls=True)
+        try:
+            phone.get(ENV["WIPAY_WALLET_TLS_URL"].rstrip("/") + "/wallet/")
+            wait(phone, lambda d: visible(d, "enroll") or visible(d, "unsupported"), "the wallet loads over HTTPS")
+            check(phone.execute_script("return window.isSecureContext && location.protocol === 'https:'"),
+                  "the wallet over HTTPS is a secure context")
+            check(visible(phone, "enroll"), "the wallet over HTTPS can make a device key")
+            keys = phone.execute_async_script(
+                "const done = arguments[arguments.length - 1];"
+                "fetch('/v1/payload-keys').then(r => r.json()).then(j => done(j.keys.length), () => done(-1));")
+            check(keys >= 1, "the wallet over HTTPS reaches the API on its own origin")
+            shot(phone, "wallet-https.png")
+        finally:
+            phone.quit()
 
         for name, driver in (("counter", pos), ("wallet", wallet)):
             problems = page_problems(driver)

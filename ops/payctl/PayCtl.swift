@@ -69,7 +69,7 @@ struct PayCtl: AsyncParsableCommand {
             """,
         subcommands: [
             Status.self, Drain.self, Merchant.self, Terminal.self, Wallet.self, Account.self, Payment.self, Tail.self,
-            Reconcile.self, Keys.self,
+            Reconcile.self, Keys.self, Console.self,
         ])
 }
 
@@ -197,27 +197,7 @@ struct Drain: AsyncParsableCommand {
             }
             target = only
         }
-        let context = try ZMQContext()
-        defer { context.shutdown() }
-        let socket = try ZMQSocket(context, .dealer)
-        if case .curve(let keys, _) = try bus.security(), let serverKey = try bus.controlServerKey(service: target.service) {
-            try socket.makeCurveClient(keys, serverPublicKey: serverKey)
-        }
-        try socket.connect(target.controlEndpoint)
-        let envelope = Envelope(
-            kind: .request, type: .controlDrain, requestId: "payctl-drain-\(unixMillis())", sender: "payctl",
-            sentAtMillis: unixMillis())
-        try socket.send([[], envelope.encoded(), Empty().encoded()], dontWait: false)
-        try socket.setReceiveTimeout(.seconds(5))
-        guard let frames = try socket.receive(dontWait: false), let reply = try? BusMessage.parse(frames) else {
-            socket.close()
-            throw Failure("no answer from \(target.instance) at \(target.controlEndpoint)")
-        }
-        socket.close()
-        guard reply.envelope.status.isSuccess, let drained = try? DrainReply.decode(reply.body) else {
-            let error = (try? ErrorBody.decode(reply.body))?.message ?? "status \(reply.envelope.status)"
-            throw Failure("drain refused: \(error)")
-        }
+        let drained = try sendDrain(bus, to: target)
         var exited: Bool? = nil
         if wait {
             exited = false
@@ -243,4 +223,29 @@ struct Drain: AsyncParsableCommand {
         }
         if exited == false { throw Failure("\(target.instance) did not exit within 60 s") }
     }
+}
+
+/// Asks one instance, on its control socket, to drain; its answer (blocks up to 5 s).
+func sendDrain(_ bus: BusOptions, to target: InstanceStatus) throws -> DrainReply {
+    let context = try ZMQContext()
+    defer { context.shutdown() }
+    let socket = try ZMQSocket(context, .dealer)
+    defer { socket.close() }
+    if case .curve(let keys, _) = try bus.security(), let serverKey = try bus.controlServerKey(service: target.service) {
+        try socket.makeCurveClient(keys, serverPublicKey: serverKey)
+    }
+    try socket.connect(target.controlEndpoint)
+    let envelope = Envelope(
+        kind: .request, type: .controlDrain, requestId: "payctl-drain-\(unixMillis())", sender: "payctl",
+        sentAtMillis: unixMillis())
+    try socket.send([[], envelope.encoded(), Empty().encoded()], dontWait: false)
+    try socket.setReceiveTimeout(.seconds(5))
+    guard let frames = try socket.receive(dontWait: false), let reply = try? BusMessage.parse(frames) else {
+        throw Failure("no answer from \(target.instance) at \(target.controlEndpoint)")
+    }
+    guard reply.envelope.status.isSuccess, let drained = try? DrainReply.decode(reply.body) else {
+        let error = (try? ErrorBody.decode(reply.body))?.message ?? "status \(reply.envelope.status)"
+        throw Failure("drain refused: \(error)")
+    }
+    return drained
 }

@@ -25,8 +25,8 @@ done
 command -v dpkg-query >/dev/null 2>&1 \
     || die "dpkg-query not found: this script expects a Debian-based system (Debian 12 / bookworm)"
 
-# iproute2: `ip netns` for the shop-across-hosts test (ops/scripts/shop-net.sh).
-packages=(libzmq3-dev libpq-dev postgresql jq iproute2)
+# iproute2: `ip netns` for the shop-across-hosts test (ops/scripts/shop-net.sh); openssl: test certificates.
+packages=(libzmq3-dev libpq-dev postgresql jq iproute2 openssl)
 if [[ $want_compose -eq 1 ]]; then
     packages+=(docker-compose)
 fi

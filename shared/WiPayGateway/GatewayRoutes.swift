@@ -1,6 +1,7 @@
 import HTTPTypes
 import Hummingbird
 import Synchronization
+import WiPayPages
 
 /// Which gateway a router serves: it picks the API document served at `GET /openapi.yaml`.
 public enum GatewayAPI: String, Sendable, CaseIterable {
@@ -146,7 +147,10 @@ extension Router where Context == BasicRequestContext {
         add(middleware: GatewayErrorMiddleware(table: GatewayRouteTable(router: self)))
         add(middleware: GatewayMetricsMiddleware(service: service))
         get("openapi.yaml") { _, _ in GatewayResponse.openAPI(api) }
-        addPages(api)
+        switch api {
+        case .pos: addPages([.commonCSS, .commonJS, .pos, .posJS])
+        case .phone: addPages([.commonCSS, .commonJS, .wallet, .walletJS])
+        }
     }
 
 }

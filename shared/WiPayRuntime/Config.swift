@@ -29,6 +29,13 @@ public struct Setting: Sendable, Hashable {
     public static let httpPort = Setting(
         "WIPAY_HTTP_PORT", flag: "http-port", default: "",
         "HTTP port (/healthz, /metrics and, for gateways, the API); empty = the service's default, 0 = any free port.")
+    public static let httpsPort = Setting(
+        "WIPAY_HTTPS_PORT", flag: "https-port", default: "",
+        "HTTPS port: the same routes as HTTP, over TLS (phones' browsers need it for the wallet page); empty = off, 0 = any free port.")
+    public static let tlsCertFile = Setting(
+        "WIPAY_TLS_CERT_FILE", flag: "tls-cert-file", default: "", "PEM certificate chain for HTTPS (the server's first).")
+    public static let tlsKeyFile = Setting(
+        "WIPAY_TLS_KEY_FILE", flag: "tls-key-file", default: "", "PEM private key for HTTPS.")
     public static let controlBind = Setting(
         "WIPAY_CONTROL_BIND", flag: "control-bind", default: "tcp://127.0.0.1:*",
         "Control socket (payctl status/drain); '*' as port picks a free one.")
@@ -55,8 +62,8 @@ public struct Setting: Sendable, Hashable {
         "Which key pair in the keys folder is this process's; empty = the service's name.")
 
     public static let all: [Setting] = [
-        busHost, busPort, busBindHost, instance, httpHost, httpPort, controlBind, advertiseHost, heartbeatMillis,
-        logLevel, logFormat, databaseURL, workerCredit, curveKeysDir, curveKeyName,
+        busHost, busPort, busBindHost, instance, httpHost, httpPort, httpsPort, tlsCertFile, tlsKeyFile, controlBind,
+        advertiseHost, heartbeatMillis, logLevel, logFormat, databaseURL, workerCredit, curveKeysDir, curveKeyName,
     ]
 }
 
@@ -103,6 +110,10 @@ public struct RuntimeConfig: Sendable {
     public var httpHost: String
     /// nil = this service serves no HTTP.
     public var httpPort: Int?
+    /// nil = no HTTPS. With it, the PEM files of the certificate chain and the key.
+    public var httpsPort: Int?
+    public var tlsCertFile: String
+    public var tlsKeyFile: String
     public var controlBind: String
     public var advertiseHost: String
     public var heartbeatInterval: Duration
@@ -132,6 +143,13 @@ public struct RuntimeConfig: Sendable {
         let busPort = try values.int(.busPort, range: 1...65532)
         let httpPort: Int? = try values.string(.httpPort).isEmpty && defaultHTTPPort == nil
             ? nil : values.int(.httpPort, range: 0...65535, default: defaultHTTPPort)
+        let httpsPort: Int? = values.string(.httpsPort).isEmpty ? nil : try values.int(.httpsPort, range: 0...65535)
+        if httpsPort != nil {
+            guard httpPort != nil else { throw ConfigError("WIPAY_HTTPS_PORT needs the HTTP endpoint too (WIPAY_HTTP_PORT)") }
+            guard !values.string(.tlsCertFile).isEmpty, !values.string(.tlsKeyFile).isEmpty else {
+                throw ConfigError("WIPAY_HTTPS_PORT needs WIPAY_TLS_CERT_FILE and WIPAY_TLS_KEY_FILE (PEM files)")
+            }
+        }
         let heartbeat = try values.int(.heartbeatMillis, range: 100...10_000)
         let level = values.string(.logLevel)
         guard LogSetup.level(level) != nil else { throw ConfigError("WIPAY_LOG_LEVEL '\(level)' is not a log level") }
@@ -143,7 +161,8 @@ public struct RuntimeConfig: Sendable {
         return RuntimeConfig(
             service: service, version: version, instance: instance, host: host,
             bus: BusEndpoints(host: busHost, basePort: busPort), busBindHost: values.string(.busBindHost),
-            httpHost: values.string(.httpHost), httpPort: httpPort, controlBind: controlBind,
+            httpHost: values.string(.httpHost), httpPort: httpPort, httpsPort: httpsPort,
+            tlsCertFile: values.string(.tlsCertFile), tlsKeyFile: values.string(.tlsKeyFile), controlBind: controlBind,
             advertiseHost: values.string(.advertiseHost), heartbeatInterval: .milliseconds(heartbeat), logLevel: level,
             logFormat: format, databaseURL: values.string(.databaseURL),
             workerCredit: try values.int(.workerCredit, range: 1...100_000, default: defaultCredit),
@@ -159,6 +178,9 @@ public struct ServiceOptions: ParsableArguments {
     @Option(help: ArgumentHelp(Setting.instance.help + " [env WIPAY_INSTANCE]")) var instance: String?
     @Option(help: ArgumentHelp(Setting.httpHost.help + " [env WIPAY_HTTP_HOST, default 127.0.0.1]")) var httpHost: String?
     @Option(help: ArgumentHelp(Setting.httpPort.help + " [env WIPAY_HTTP_PORT]")) var httpPort: String?
+    @Option(help: ArgumentHelp(Setting.httpsPort.help + " [env WIPAY_HTTPS_PORT]")) var httpsPort: String?
+    @Option(help: ArgumentHelp(Setting.tlsCertFile.help + " [env WIPAY_TLS_CERT_FILE]")) var tlsCertFile: String?
+    @Option(help: ArgumentHelp(Setting.tlsKeyFile.help + " [env WIPAY_TLS_KEY_FILE]")) var tlsKeyFile: String?
     @Option(help: ArgumentHelp(Setting.controlBind.help + " [env WIPAY_CONTROL_BIND, default tcp://127.0.0.1:*]"))
     var controlBind: String?
     @Option(help: ArgumentHelp(Setting.advertiseHost.help + " [env WIPAY_ADVERTISE_HOST]")) var advertiseHost: String?
@@ -177,7 +199,8 @@ public struct ServiceOptions: ParsableArguments {
         var flags: [Setting: String] = [:]
         let pairs: [(Setting, String?)] = [
             (.busHost, busHost), (.busPort, busPort), (.instance, instance), (.httpHost, httpHost),
-            (.httpPort, httpPort), (.controlBind, controlBind), (.advertiseHost, advertiseHost),
+            (.httpPort, httpPort), (.httpsPort, httpsPort), (.tlsCertFile, tlsCertFile), (.tlsKeyFile, tlsKeyFile),
+            (.controlBind, controlBind), (.advertiseHost, advertiseHost),
             (.heartbeatMillis, heartbeatMs), (.logLevel, logLevel), (.logFormat, logFormat),
             (.databaseURL, databaseUrl), (.workerCredit, workerCredit), (.curveKeysDir, curveKeysDir),
             (.curveKeyName, curveKeyName),

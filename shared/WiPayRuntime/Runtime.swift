@@ -168,7 +168,11 @@ public final class Runtime: Sendable {
             all.append(try WorkerService(runtime: self, handler: handler))
         }
         if let port = config.httpPort {
-            all.append(HTTPService.make(runtime: self, port: port, extraRoutes: http))
+            all.append(try HTTPService.make(runtime: self, port: port, extraRoutes: http))
+            if let httpsPort = config.httpsPort {
+                let tls = try HTTPService.tlsConfiguration(certFile: config.tlsCertFile, keyFile: config.tlsKeyFile)
+                all.append(try HTTPService.make(runtime: self, port: httpsPort, tls: tls, extraRoutes: http))
+            }
         }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(

@@ -1,5 +1,7 @@
 import Foundation
 import Hummingbird
+import HummingbirdTLS
+import NIOSSL
 import Logging
 import Metrics
 import NIOCore
@@ -184,9 +186,24 @@ extension Duration {
 
 /// The HTTP endpoint every service has: `GET /healthz` and `GET /metrics`; gateways add their API.
 enum HTTPService {
+    /// The TLS configuration from the PEM files, or a clear error before anything starts.
+    static func tlsConfiguration(certFile: String, keyFile: String) throws(ConfigError) -> TLSConfiguration {
+        do {
+            let chain = try NIOSSLCertificate.fromPEMFile(certFile)
+            guard !chain.isEmpty else { throw ConfigError("WIPAY_TLS_CERT_FILE \(certFile) holds no certificate") }
+            let key = try NIOSSLPrivateKey(file: keyFile, format: .pem)
+            return TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        } catch let error as ConfigError {
+            throw error
+        } catch {
+            throw ConfigError("cannot load the TLS certificate \(certFile) or key \(keyFile): \(error)")
+        }
+    }
+
+    /// `tls` nil: plain HTTP on `port`; otherwise HTTPS with it (the same routes).
     static func make(
-        runtime: Runtime, port: Int, extraRoutes: (@Sendable (Router<BasicRequestContext>) -> Void)?
-    ) -> some Service {
+        runtime: Runtime, port: Int, tls: TLSConfiguration? = nil, extraRoutes: (@Sendable (Router<BasicRequestContext>) -> Void)?
+    ) throws -> some Service {
         let router = Router()
         router.add(middleware: MetricsMiddleware())
         router.get("healthz") { _, _ -> Response in
@@ -205,14 +222,16 @@ enum HTTPService {
         }
         extraRoutes?(router)
         let host = runtime.config.httpHost
+        let scheme = tls == nil ? "http" : "https"
         // The responder sets `PeerAddress.current` (limits per client address) around the router.
         return Application(
             responder: PeerAddressResponder(inner: router.buildResponder()),
+            server: try tls.map { try .tls(.http1(), tlsConfiguration: $0) } ?? .http1(),
             configuration: .init(address: .hostname(host, port: port), serverName: runtime.config.service),
             onServerRunning: { channel in
                 let bound = channel.localAddress?.port ?? port
-                runtime.state.httpEndpoint = "http://\(host):\(bound)"
-                runtime.logger.info("http listening", metadata: ["http.endpoint": "http://\(host):\(bound)"])
+                if tls == nil { runtime.state.httpEndpoint = "http://\(host):\(bound)" }
+                runtime.logger.info("\(scheme) listening", metadata: ["\(scheme).endpoint": "\(scheme)://\(host):\(bound)"])
             }, logger: runtime.logger)
     }
 }

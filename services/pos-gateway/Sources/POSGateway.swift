@@ -2,6 +2,7 @@ import Hummingbird
 import Logging
 import WiPayBus
 import WiPayGateway
+import WiPayPages
 import WiPayPayload
 import WiPayRuntime
 
