@@ -27,6 +27,10 @@
 #   WIPAY_CURVE        on (default): CurveZMQ on every bus socket, keys made on first start in
 #                      var/secrets/curve (give payctl WIPAY_CURVE_KEYS_DIR=var/secrets/curve);
 #                      off: plain TCP on loopback
+#   WIPAY_TLS_CERT_FILE, WIPAY_TLS_KEY_FILE
+#                      PEM files: the gateways also serve HTTPS (the wallet page on a real phone,
+#                      docs/pages.md), on WIPAY_POS_HTTPS_PORT (default 8443) and
+#                      WIPAY_PHONE_HTTPS_PORT (default 8453), instance n on the port + n-1
 set -euo pipefail
 
 prog="run-local"
@@ -37,7 +41,14 @@ die() { printf '%s %s: error: %s\n' "$(ts)" "$prog" "$*" >&2; exit 1; }
 
 ((BASH_VERSINFO[0] >= 5)) || die "bash 5 or newer is needed (this is bash $BASH_VERSION)"
 
-# Resolve WIPAY_BIN_DIR against the caller's folder before moving to the repo root.
+# Resolve WIPAY_BIN_DIR (and the TLS files) against the caller's folder before moving to the repo root.
+TLS_CERT="${WIPAY_TLS_CERT_FILE:-}"
+TLS_KEY="${WIPAY_TLS_KEY_FILE:-}"
+if [[ -n "$TLS_CERT" || -n "$TLS_KEY" ]]; then
+    [[ -f "$TLS_CERT" && -f "$TLS_KEY" ]] || die "HTTPS needs both WIPAY_TLS_CERT_FILE and WIPAY_TLS_KEY_FILE (readable PEM files)"
+    TLS_CERT="$(cd "$(dirname "$TLS_CERT")" && pwd -P)/$(basename "$TLS_CERT")"
+    TLS_KEY="$(cd "$(dirname "$TLS_KEY")" && pwd -P)/$(basename "$TLS_KEY")"
+fi
 bin_dir_arg="${WIPAY_BIN_DIR:-}"
 if [[ -n "$bin_dir_arg" ]]; then
     [[ -d "$bin_dir_arg" ]] || die "WIPAY_BIN_DIR=$bin_dir_arg is not a folder"
@@ -71,9 +82,11 @@ BUS_PORT="${WIPAY_BUS_PORT:-5550}"
 BUS_HOST="${WIPAY_BUS_HOST:-127.0.0.1}"
 POS_PORT="${WIPAY_POS_PORT:-8080}"
 PHONE_PORT="${WIPAY_PHONE_PORT:-8090}"
+POS_HTTPS_PORT="${WIPAY_POS_HTTPS_PORT:-8443}"
+PHONE_HTTPS_PORT="${WIPAY_PHONE_HTTPS_PORT:-8453}"
 LOG_LEVEL="${WIPAY_LOG_LEVEL:-info}"
 LOG_FORMAT="${WIPAY_LOG_FORMAT:-text}"
-for var in PG_PORT BUS_PORT POS_PORT PHONE_PORT; do
+for var in PG_PORT BUS_PORT POS_PORT PHONE_PORT POS_HTTPS_PORT PHONE_HTTPS_PORT; do
     is_port "${!var}" || die "WIPAY_$var must be a TCP port number (1-65535), got '${!var}'"
     printf -v "$var" '%d' $((10#${!var}))
 done
@@ -326,6 +339,16 @@ start_instance() {
         "WIPAY_LOG_FORMAT=$LOG_FORMAT"
     )
     [[ "$CURVE" == on ]] && envs+=("WIPAY_CURVE_KEYS_DIR=$CURVE_DIR")
+    # HTTPS for the gateways only (and never inherited by the others from the caller's environment).
+    local https=""
+    if [[ -n "$TLS_CERT" ]]; then
+        case "$svc" in
+            pos-gateway) https=$((POS_HTTPS_PORT + n - 1)) ;;
+            phone-gateway) https=$((PHONE_HTTPS_PORT + n - 1)) ;;
+        esac
+    fi
+    envs+=("WIPAY_HTTPS_PORT=$https")
+    [[ -n "$https" ]] && envs+=("WIPAY_TLS_CERT_FILE=$TLS_CERT" "WIPAY_TLS_KEY_FILE=$TLS_KEY")
     case "$svc" in
         ledger) envs+=("WIPAY_DATABASE_URL=$DATABASE_URL" "WIPAY_PIN_SECRET_FILE=$PIN_SECRET_FILE") ;;
         payment-router) envs+=("WIPAY_DATABASE_URL=$DATABASE_URL" "WIPAY_PAYLOAD_KEY_FILE=$PAYLOAD_KEY_FILE") ;;
