@@ -94,6 +94,46 @@ struct PaymentFlowE2ETests {
         #expect(table.status == 0 && table.stdout.contains(id), "\(table)")
     }
 
+    @Test("a terminal lists its own requests since a time, newest first", .timeLimit(.minutes(2)))
+    func listRequests() async throws {
+        let system = try e2eSystem()
+        let merchant = try await system.addMerchant()
+        let pos = try system.pos(merchant)
+        // A second till of the same merchant: its requests are not the first till's.
+        let (tillId, tillKey) = try await system.addTerminal(merchantId: merchant.merchantId, name: "till 2")
+        let other = try system.pos(
+            E2EMerchant(
+                merchantId: merchant.merchantId, accountId: merchant.accountId, name: merchant.name, currency: merchant.currency,
+                terminalId: tillId, terminalKey: tillKey))
+        var ids: [String] = []
+        for amount in [100, 200, 300] as [Int64] {
+            ids.append(try await pos.mustCreate(amount: amount).id)
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let foreign = try await other.mustCreate(amount: 999).id
+        let all = try await pos.http.send("GET", "/v1/payment-requests", headers: pos.authHeaders)
+        #expect(all.status == 200, "\(all)")
+        #expect(all["requests"]?.array?.compactMap { $0["id"]?.string } == ids.reversed(), "\(all)")
+        #expect(all.int("count") == 3)
+        let first = all["requests"]?.array?.first
+        #expect(first?["amount"]?.int64 == 300 && first?["status"]?.string == "pending" && first?["payload"]?.string != nil)
+        let two = try await pos.http.send("GET", "/v1/payment-requests?limit=2", headers: pos.authHeaders)
+        #expect(two["requests"]?.array?.count == 2, "\(two)")
+        let theirs = try await other.http.send("GET", "/v1/payment-requests", headers: other.authHeaders)
+        #expect(theirs["requests"]?.array?.compactMap { $0["id"]?.string } == [foreign], "\(theirs)")
+        let future = try await pos.http.send("GET", "/v1/payment-requests?since=2999-01-01T00:00:00Z", headers: pos.authHeaders)
+        #expect(future.status == 200 && future.int("count") == 0, "\(future)")
+        let offset = try await pos.http.send(
+            "GET", "/v1/payment-requests?since=2020-01-01T08:00:00.5%2B08:00", headers: pos.authHeaders)
+        #expect(offset.status == 200 && offset.int("count") == 3 && offset.string("since") == "2020-01-01T00:00:00.500Z", "\(offset)")
+        for bad in ["since=yesterday", "since=2025-02-30T00:00:00Z", "limit=0", "limit=201", "limit=x"] {
+            let reply = try await pos.http.send("GET", "/v1/payment-requests?\(bad)", headers: pos.authHeaders)
+            #expect(reply.status == 400 && reply.code == "invalid_field", "\(bad): \(reply)")
+        }
+        let anonymous = try await pos.http.send("GET", "/v1/payment-requests")
+        #expect(anonymous.status == 401, "\(anonymous)")
+    }
+
     @Test("idempotent retries: create, pay, cancel and refund repeat their first answer", .timeLimit(.minutes(2)))
     func idempotentRetries() async throws {
         let system = try e2eSystem()

@@ -29,7 +29,11 @@ import time
 os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download anything
 
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import TimeoutException, UnexpectedAlertPresentException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    TimeoutException,
+    UnexpectedAlertPresentException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -73,7 +77,9 @@ def browser(width, height, insecure_tls=False):
 
 def wait(driver, condition, what, timeout=20):
     try:
-        WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d))
+        # The console redraws its tables every second or two: an element read mid-redraw is tried again.
+        WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)).until(
+            lambda d: condition(d))
         return check(True, what)
     except TimeoutException:
         return check(False, what + " (timed out)")
@@ -175,7 +181,8 @@ def console_checks(console, paid_request):
     stages = ["ledger", "notifier", "payment-router", "phone-gateway", "pos-gateway"]
 
     def services(d):
-        return {row.get_attribute("data-service") for row in d.find_elements(By.CSS_SELECTOR, "#instance-rows tr")}
+        return set(d.execute_script(
+            "return Array.from(document.querySelectorAll('#instance-rows tr'), r => r.dataset.service)"))
 
     wait(console, lambda d: set(stages) <= services(d), "the console lists every stage", timeout=30)
     wait(console, lambda d: "healthy" in text(d, "instance-rows"), "the console shows the instances' health")
@@ -188,9 +195,11 @@ def console_checks(console, paid_request):
          "the console shows the payment's trace")
     el(console, "reconcile-button").click()
     wait(console, lambda d: text(d, "reconcile-status") == "all invariants hold", "the console's reconcile passes", timeout=60)
-    button = console.find_element(By.CSS_SELECTOR, '#instance-rows tr[data-service="notifier"] button[data-drain]')
-    instance = button.get_attribute("data-drain")
-    button.click()
+    # Clicked in one script: the table may be redrawn between finding the button and clicking it.
+    instance = console.execute_script(
+        "const b = document.querySelector('#instance-rows tr[data-service=\"notifier\"] button[data-drain]');"
+        "if (!b) return null; b.click(); return b.dataset.drain;")
+    check(instance is not None, "the console offers to drain the notifier")
     wait(console, lambda d: visible(d, "drain-panel"), "drain asks for a confirmation")
     fill(console, "drain-confirm", "not-" + instance)
     el(console, "drain-button").click()
@@ -202,8 +211,10 @@ def console_checks(console, paid_request):
     wait(console, lambda d: "is draining" in text(d, "drain-message"), "the typed confirmation drains the notifier")
 
     def notifier_state(d):
-        rows = d.find_elements(By.CSS_SELECTOR, f'#instance-rows tr[data-instance="{instance}"]')
-        return "gone" if not rows else rows[0].text
+        row = d.execute_script(
+            "const r = document.querySelector('#instance-rows tr[data-instance=\"' + arguments[0] + '\"]');"
+            "return r ? r.textContent : null;", instance)
+        return "gone" if row is None else row
 
     wait(console, lambda d: notifier_state(d) == "gone" or "draining" in notifier_state(d),
          "the console shows the notifier draining or gone", timeout=30)
@@ -285,7 +296,8 @@ def main():
         check(text(pos, "receipt-payer") not in ("", "?"), "the receipt names the payer's masked alias")
         check(not visible(pos, "cancel-button"), "a paid request can no longer be canceled")
         check(visible(pos, "refund-button"), "a paid request offers a refund")
-        check("succeeded" in text(pos, "day-rows"), "today's list shows the request as succeeded")
+        wait(pos, lambda d: "browser-1" in text(d, "day-rows") and "succeeded" in text(d, "day-rows"),
+             "today's list at this till shows the request as succeeded")
         result["paid_request"] = text(pos, "current-id")
         shot(pos, "counter-succeeded.png")
 
@@ -294,6 +306,8 @@ def main():
         counter_setup(pos, ENV["WIPAY_HOSTILE_TERMINAL_KEY"])
         hostile_payload = charge(pos, "1.00", "browser-hostile")
         check(text(pos, "current-merchant") == HOSTILE, "the counter shows the hostile name as text")
+        wait(pos, lambda d: "browser-hostile" in text(d, "day-rows") and "browser-1" not in text(d, "day-rows"),
+             "today's list shows this till's requests only")
         check(injected(pos) == 0, "the hostile name made no element on the counter")
         wallet_check(wallet, hostile_payload)
         wait(wallet, lambda d: visible(d, "confirm"), "the hostile merchant's payload verifies")

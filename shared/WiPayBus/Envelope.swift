@@ -31,6 +31,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let requestCreate = MessageType(rawValue: 0x0301)
     public static let requestGet = MessageType(rawValue: 0x0302)
     public static let requestCancel = MessageType(rawValue: 0x0303)
+    public static let requestList = MessageType(rawValue: 0x0304)
     public static let instructionSubmit = MessageType(rawValue: 0x0310)
     public static let refundCreate = MessageType(rawValue: 0x0320)
     public static let merchantAdd = MessageType(rawValue: 0x0330)
@@ -58,7 +59,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         0x0001: "ping", 0x0002: "heartbeat", 0x0101: "control.status", 0x0102: "control.drain",
         0x0201: "account.open", 0x0202: "account.show", 0x0203: "wallet.unlock", 0x0210: "transfer.post", 0x0212: "transfer.post.batch",
         0x0211: "payment.lookup", 0x0220: "reconcile", 0x0301: "request.create", 0x0302: "request.get",
-        0x0303: "request.cancel", 0x0310: "instruction.submit", 0x0320: "refund.create", 0x0330: "merchant.add",
+        0x0303: "request.cancel", 0x0304: "request.list", 0x0310: "instruction.submit", 0x0320: "refund.create", 0x0330: "merchant.add",
         0x0331: "terminal.add", 0x0332: "terminal.auth", 0x0333: "wallet.add", 0x0334: "device.enroll",
         0x0335: "device.get", 0x0336: "account.summary", 0x0337: "payment.trace", 0x0338: "payload.keys",
         0x0401: "outcome.published", 0x0402: "outcome.deliver", 0x0403: "outcome.deliver.batch",

@@ -115,6 +115,49 @@ public struct RequestRef: BusEncodable, Equatable {
     }
 }
 
+/// `request.list`: one terminal's requests created at or after `sinceMillis`, newest first, at most `limit`.
+public struct RequestList: BusEncodable, Equatable {
+    public static let maxLimit = 200
+    public var terminalId: String
+    public var merchantId: String
+    public var sinceMillis: Int64
+    public var limit: Int64
+
+    public init(terminalId: String, merchantId: String, sinceMillis: Int64, limit: Int64) {
+        self.terminalId = terminalId
+        self.merchantId = merchantId
+        self.sinceMillis = sinceMillis
+        self.limit = limit
+    }
+
+    public func encode(to w: inout BusWriter) {
+        w.write(terminalId)
+        w.write(merchantId)
+        w.write(sinceMillis)
+        w.write(limit)
+    }
+
+    public init(from r: inout BusReader) throws(BusDecodeError) {
+        terminalId = try r.readString("terminal_id", max: 64)
+        merchantId = try r.readString("merchant_id", max: 64)
+        sinceMillis = try r.readInt64("since")
+        limit = try r.readInt64("limit")
+    }
+}
+
+/// The reply to `request.list`.
+public struct PaymentRequestPage: BusEncodable, Equatable {
+    public var requests: [PaymentRequestInfo]
+
+    public init(requests: [PaymentRequestInfo]) { self.requests = requests }
+
+    public func encode(to w: inout BusWriter) { w.write(requests) }
+
+    public init(from r: inout BusReader) throws(BusDecodeError) {
+        requests = try r.readArray(PaymentRequestInfo.self, "requests", max: RequestList.maxLimit)
+    }
+}
+
 /// A payment request as it stands now: the reply to `request.create`, `request.get` and `request.cancel`.
 public struct PaymentRequestInfo: BusEncodable, Equatable {
     public var requestId: String

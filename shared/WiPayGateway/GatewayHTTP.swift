@@ -205,6 +205,66 @@ public enum RFC3339 {
         return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(Int64(secondOfDay / 3600), 2)):"
             + "\(pad(Int64(secondOfDay / 60 % 60), 2)):\(pad(Int64(secondOfDay % 60), 2)).\(pad(Int64(ms), 3))Z"
     }
+
+    /// Unix milliseconds of an RFC 3339 date-time (`2025-01-31T09:05:03Z`, `…03.042+08:00`; `T`/`Z` in any
+    /// case), or nil when it is not one (years 1970-9999, a real calendar day, leap seconds refused).
+    public static func millis(_ text: String) -> Int64? {
+        let c = Array(text.utf8)
+        guard (20...35).contains(c.count) else { return nil }
+        func number(_ from: Int, _ count: Int) -> Int64? {
+            guard from + count <= c.count else { return nil }
+            var n: Int64 = 0
+            for b in c[from..<(from + count)] {
+                guard b >= 0x30, b <= 0x39 else { return nil }
+                n = n * 10 + Int64(b - 0x30)
+            }
+            return n
+        }
+        guard let year = number(0, 4), c[4] == 0x2D, let month = number(5, 2), c[7] == 0x2D, let day = number(8, 2),
+            c[10] == 0x54 || c[10] == 0x74, let hour = number(11, 2), c[13] == 0x3A, let minute = number(14, 2),
+            c[16] == 0x3A, let second = number(17, 2)
+        else { return nil }
+        var i = 19
+        var fraction: Int64 = 0
+        if i < c.count, c[i] == 0x2E {
+            i += 1
+            var digits = 0
+            while i < c.count, c[i] >= 0x30, c[i] <= 0x39 {
+                if digits < 3 { fraction = fraction * 10 + Int64(c[i] - 0x30) }
+                digits += 1
+                i += 1
+            }
+            guard (1...9).contains(digits) else { return nil }
+            if digits < 3 { for _ in digits..<3 { fraction *= 10 } }
+        }
+        var offsetMinutes: Int64 = 0
+        guard i < c.count else { return nil }
+        if c[i] == 0x5A || c[i] == 0x7A {
+            i += 1
+        } else if c[i] == 0x2B || c[i] == 0x2D, let oh = number(i + 1, 2), i + 3 < c.count, c[i + 3] == 0x3A,
+            let om = number(i + 4, 2), oh < 24, om < 60
+        {
+            offsetMinutes = (oh * 60 + om) * (c[i] == 0x2D ? -1 : 1)
+            i += 6
+        } else {
+            return nil
+        }
+        guard i == c.count, (1970...9999).contains(year), (1...12).contains(month), hour < 24, minute < 60, second < 60
+        else { return nil }
+        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+        let monthDays: [Int64] = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+        guard day >= 1, day <= monthDays[Int(month - 1)] else { return nil }
+        // Days from civil (Howard Hinnant's algorithm).
+        let y = month <= 2 ? year - 1 : year
+        let era = y / 400
+        let yearOfEra = y - era * 400
+        let mp = month > 2 ? month - 3 : month + 9
+        let dayOfYear = (153 * mp + 2) / 5 + day - 1
+        let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
+        let days = era * 146_097 + dayOfEra - 719_468
+        let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offsetMinutes * 60
+        return seconds * 1000 + fraction
+    }
 }
 
 /// Counts every answered request by route, method and status (`wipay.gateway.requests`).

@@ -4,7 +4,7 @@
 /// docs/openapi/phone-gateway.yaml, split by tag from docs/openapi.yaml.
 public enum OpenAPIDocument {
     /// SHA-256 of the docs/openapi.yaml these were generated from.
-    public static let sourceSHA256 = "c8b44902657e738aeeb20fa440d400ccce22d28312db377e7a0def9eff1b66b2"
+    public static let sourceSHA256 = "89fb401ca07b7ceb4d6d17b7c78e0ca62cd4bbd0742a376e1274815fb95532fc"
 
     /// docs/openapi/pos-gateway.yaml
     public static let pos = #"""
@@ -48,6 +48,65 @@ tags:
 
 paths:
   /v1/payment-requests:
+    get:
+      tags: [pos]
+      operationId: listPaymentRequests
+      summary: This terminal's payment requests since a time, newest first
+      description: |
+        The requests this terminal created at or after `since` (default: the last 24 hours), newest first,
+        at most `limit`. The counter page lists the day's requests with it. Other terminals' requests, even
+        of the same merchant, are not listed.
+      security:
+        - terminalKey: []
+      parameters:
+        - name: since
+          in: query
+          required: false
+          description: RFC 3339 date-time, e.g. `2025-01-31T00:00:00Z` (write `+` in an offset as `%2B`).
+          schema:
+            type: string
+            format: date-time
+        - name: limit
+          in: query
+          required: false
+          schema:
+            type: integer
+            minimum: 1
+            maximum: 200
+            default: 50
+      responses:
+        '200':
+          description: The requests, newest first.
+          content:
+            application/json:
+              schema:
+                type: object
+                additionalProperties: false
+                required: [requests, count, since]
+                properties:
+                  requests:
+                    type: array
+                    items:
+                      $ref: '#/components/schemas/PaymentRequest'
+                  count:
+                    type: integer
+                  since:
+                    type: string
+                    format: date-time
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '403':
+          $ref: '#/components/responses/Forbidden'
+        '429':
+          $ref: '#/components/responses/RateLimited'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '502':
+          $ref: '#/components/responses/BadGateway'
+        '503':
+          $ref: '#/components/responses/Unavailable'
     post:
       tags: [pos]
       operationId: createPaymentRequest

@@ -87,6 +87,7 @@ public final class PaymentRouter: Sendable {
             case .requestCreate:
                 reply = await creates.submit(try RequestCreate.decode(message.body)) { [self] in await createRequests($0) }
             case .requestGet: reply = try await getRequest(try RequestRef.decode(message.body))
+            case .requestList: reply = try await listRequests(try RequestList.decode(message.body))
             case .requestCancel: reply = try await cancelRequest(try RequestRef.decode(message.body))
             case .instructionSubmit: reply = await instructions.submit(try InstructionSubmit.decode(message.body)) { [self] in
                     await submitInstructions($0)

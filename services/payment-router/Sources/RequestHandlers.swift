@@ -187,6 +187,25 @@ extension PaymentRouter {
         return .ok(row.info)
     }
 
+    /// A terminal's requests created since a time, newest first (its own only: the terminal and its merchant
+    /// come from the gateway's authentication).
+    func listRequests(_ list: RequestList) async throws -> BusReply {
+        guard (1...Int64(RequestList.maxLimit)).contains(list.limit) else {
+            throw RouterError.invalid("invalid_limit", "limit is 1 to \(RequestList.maxLimit)")
+        }
+        guard list.sinceMillis >= 0 else { throw RouterError.invalid("invalid_since", "since must not be before 1970") }
+        guard RouterLimits.isPlausibleId(list.terminalId), RouterLimits.isPlausibleId(list.merchantId) else {
+            return .ok(PaymentRequestPage(requests: []))
+        }
+        let rows = try await db.query(
+            """
+            SELECT \(RequestRow.columns) FROM \(RequestRow.from)
+            WHERE r.terminal_id = $1 AND r.merchant_id = $2 AND r.created_at >= $3
+            ORDER BY r.created_at DESC, r.id DESC LIMIT $4
+            """, [list.terminalId, list.merchantId, String(list.sinceMillis), String(list.limit)])
+        return .ok(PaymentRequestPage(requests: try rows.rows.map { try RequestRow(row: $0).info }))
+    }
+
     static func requestNotFound(_ id: String) -> RouterError {
         .notFound("request_not_found", "no payment request \(id)")
     }

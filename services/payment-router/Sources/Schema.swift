@@ -164,6 +164,13 @@ public enum RouterSchema {
             CREATE INDEX outbox_request ON router.outbox (request_id);
             """
         ),
+        (
+            4,
+            """
+            -- request.list: a terminal's requests of the day, newest first (the counter page).
+            CREATE INDEX requests_terminal_created ON router.requests (terminal_id, created_at DESC);
+            """
+        ),
     ]
 
     /// Creates the schema and applies every migration not applied yet, in one transaction.

@@ -36,6 +36,9 @@ public final class POSGateway: Sendable {
         router.post("v1/payment-requests") { request, _ in
             await GatewayResponse.handle { try await self.create(request) }
         }
+        router.get("v1/payment-requests") { request, _ in
+            await GatewayResponse.handle { try await self.list(request) }
+        }
         router.get("v1/payment-requests/:id") { request, context in
             await GatewayResponse.handle { try await self.get(request, id: context.parameters.get("id") ?? "") }
         }
@@ -123,6 +126,39 @@ public final class POSGateway: Sendable {
                 description: description, expiresInSeconds: expiresIn),
             as: PaymentRequestInfo.self)
         return GatewayResponse.json(.created, Self.render(info))
+    }
+
+    static let defaultListLimit: Int64 = 50
+
+    /// `GET /v1/payment-requests?since=RFC3339&limit=N`: this terminal's requests created since then (default:
+    /// the last 24 hours), newest first, at most `limit` (1-200, default 50).
+    func list(_ request: Request) async throws(GatewayError) -> Response {
+        let terminal = try await authenticate(request)
+        let query = request.uri.queryParameters
+        var since = unixMillis() - 86_400_000
+        if let text = query.get("since") {
+            guard let millis = RFC3339.millis(String(text)) else {
+                throw GatewayError.invalidField("since", "must be an RFC 3339 date-time such as 2025-01-31T00:00:00Z")
+            }
+            since = millis
+        }
+        var limit = Self.defaultListLimit
+        if let text = query.get("limit") {
+            guard text.utf8.count <= 3, let n = Int64(String(text)), (1...Int64(RequestList.maxLimit)).contains(n) else {
+                throw GatewayError.invalidField("limit", "must be a whole number from 1 to \(RequestList.maxLimit)")
+            }
+            limit = n
+        }
+        let (_, page) = try await caller.call(
+            .requestList,
+            RequestList(terminalId: terminal.terminalId, merchantId: terminal.merchantId, sinceMillis: since, limit: limit),
+            as: PaymentRequestPage.self)
+        return GatewayResponse.json(
+            .ok,
+            .obj([
+                "requests": .array(page.requests.map(Self.render)), "count": .int(Int64(page.requests.count)),
+                "since": .string(RFC3339.string(millis: since)),
+            ]))
     }
 
     func get(_ request: Request, id: String) async throws(GatewayError) -> Response {

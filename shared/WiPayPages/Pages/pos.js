@@ -7,7 +7,6 @@
   const W = window.WiPay;
   const STORE_KEY = "wipay.pos.terminal-key";
   const STORE_CURRENCY = "wipay.pos.currency";
-  const STORE_DAY = "wipay.pos.day";
   const UNKNOWN_REQUEST = "pr_aaaaaaaaaaaaaaaaaaaa";
 
   let terminalKey = localStorage.getItem(STORE_KEY);
@@ -20,49 +19,33 @@
   const auth = () => ({ Authorization: "Bearer " + terminalKey });
   const requestPath = (id) => "/v1/payment-requests/" + encodeURIComponent(id);
 
-  // ---- today's requests (this browser's) ----------------------------------------------------------
-  function today() {
-    return new Date().toISOString().slice(0, 10);
+  // ---- today's requests at this till (GET /v1/payment-requests since local midnight) ---------------
+  let dayTimer = null;
+  function midnight() {
+    const d = new Date();
+    d.setHours(0, 0, 0, 0);
+    return d.toISOString();
   }
-  function loadDay() {
-    try {
-      const day = JSON.parse(localStorage.getItem(STORE_DAY) || "null");
-      if (day && day.date === today() && Array.isArray(day.requests)) return day;
-    } catch (e) {
-      // A damaged entry starts a new day.
-    }
-    return { date: today(), requests: [] };
+  /** Asks again soon (several events in a row make one call). */
+  function remember() {
+    clearTimeout(dayTimer);
+    dayTimer = setTimeout(refreshDay, 300);
   }
-  function remember(request) {
-    const day = loadDay();
-    const entry = {
-      id: request.id, amount: request.amount, currency: request.currency, reference: request.reference,
-      status: request.status, created_at: request.created_at,
-    };
-    const i = day.requests.findIndex((r) => r.id === request.id);
-    if (i >= 0) day.requests[i] = entry;
-    else day.requests.unshift(entry);
-    day.requests = day.requests.slice(0, 200);
-    localStorage.setItem(STORE_DAY, JSON.stringify(day));
-    renderDay();
-  }
-  function renderDay() {
+  async function refreshDay() {
+    const answer = await W.call("GET", "/v1/payment-requests?limit=200&since=" + encodeURIComponent(midnight()), auth());
+    if (answer.status !== 200 || !answer.data || !Array.isArray(answer.data.requests)) return;
     const rows = W.$("day-rows");
     rows.replaceChildren();
-    for (const r of loadDay().requests) {
+    for (const r of answer.data.requests) {
       const tr = document.createElement("tr");
+      tr.dataset.request = r.id;
       tr.append(W.el("td", W.clock(r.created_at)), W.el("td", W.money(r.amount, r.currency)), W.el("td", r.reference));
       const cell = W.el("td");
       cell.append(W.el("span", r.status, "status " + r.status));
       tr.append(cell);
       rows.append(tr);
     }
-  }
-  async function refreshDay() {
-    for (const r of loadDay().requests.filter((r) => r.status === "pending").slice(0, 20)) {
-      const answer = await W.call("GET", requestPath(r.id), auth());
-      if (answer.status === 200 && answer.data && answer.data.id === r.id) remember(answer.data);
-    }
+    W.text("day-total", answer.data.requests.length + " request" + (answer.data.requests.length === 1 ? "" : "s"));
   }
 
   // ---- the key ------------------------------------------------------------------------------------
@@ -133,7 +116,7 @@
     localStorage.setItem(STORE_CURRENCY, currency);
     W.$("amount").value = "";
     W.$("reference").value = "";
-    remember(answer.data);
+    remember();
     showCurrent(answer.data);
   }
 
@@ -210,7 +193,7 @@
     if (answer.status === 200 && answer.data && answer.data.id === id && current && current.id === id) {
       current = answer.data;
       render(current);
-      remember(current);
+      remember();
     }
   }
 
@@ -228,7 +211,7 @@
     if (answer.status === 200 && answer.data) {
       current = answer.data;
       render(current);
-      remember(current);
+      remember();
     } else {
       // 409: it became final a moment ago (perhaps paid): say what it is now.
       await refreshCurrent();
@@ -269,13 +252,7 @@
     const data = event.data;
     if (!data || typeof data.request_id !== "string") return;
     const type = typeof data.type === "string" ? data.type : event.type;
-    const day = loadDay();
-    const entry = day.requests.find((r) => r.id === data.request_id);
-    if (entry && type.startsWith("payment.") && type !== "payment.attempt_declined" && typeof data.status === "string") {
-      entry.status = data.status;
-      localStorage.setItem(STORE_DAY, JSON.stringify(day));
-      renderDay();
-    }
+    if (type.startsWith("payment.") && type !== "payment.attempt_declined") remember();
     if (!current || data.request_id !== current.id) return;
     if (type === "payment.attempt_declined") {
       const code = (data.error && data.error.code) || data.decline_code || "declined";
@@ -308,7 +285,6 @@
     W.show("day", true);
     if (!current) W.show("charge", true);
     W.$("currency").value = localStorage.getItem(STORE_CURRENCY) || "CNY";
-    renderDay();
     openStream();
     refreshDay();
   }
