@@ -171,7 +171,7 @@ enum RouterLimits {
             throw .invalid("idempotency_key_missing", "an Idempotency-Key is required")
         }
         guard key.utf8.count <= 255, key.utf8.allSatisfy({ $0 >= 0x21 && $0 <= 0x7E }) else {
-            throw .invalid("invalid_idempotency_key", "an Idempotency-Key is 1 to 255 visible ASCII characters")
+            throw .invalid("idempotency_key_invalid", "an Idempotency-Key is 1 to 255 visible ASCII characters")
         }
         return key
     }
