@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-faults test-shop build compose-check pin-secret payload-key curve-keys clean clean-data
+.PHONY: help run test test-faults test-shop k8s-check build compose-check pin-secret payload-key curve-keys clean clean-data
 
 help: ## list the targets
 	@echo "WiPay make targets:"
@@ -24,6 +24,9 @@ test-faults: ## the crash-safety fault suite (kill -9 and payctl drain under pay
 
 test-shop: ## only the shop across hosts: two tills, a neighbour and a phone in network namespaces (root)
 	bash ops/scripts/test.sh --shop
+
+k8s-check: ## render deploy/kubernetes (base, production) and validate every manifest offline (kubernetes-validate)
+	bash ops/scripts/k8s-validate.sh
 
 build: ## swift build -c release
 	bash ops/scripts/deps.sh

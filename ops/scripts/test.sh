@@ -52,6 +52,21 @@ if [[ -z "${WIPAY_BROWSER_PYTHON:-}" ]]; then
     fi
 fi
 
+# The Kubernetes manifests (deploy/kubernetes), rendered and validated offline against the Kubernetes
+# schemas (kubernetes-validate from PyPI): a few seconds; a failure fails the run. Only when the whole suite
+# runs (no arguments).
+k8s_check() {
+    if bash "$REPO_ROOT/ops/scripts/k8s-validate.sh"; then
+        return 0
+    fi
+    if [[ "${CI:-}" == "true" ]]; then
+        say "the Kubernetes manifests do not validate (ops/scripts/k8s-validate.sh)"
+        return 1
+    fi
+    printf '%s: warning: the Kubernetes manifests did not validate (or kubernetes-validate could not be installed)\n' "$prog" >&2
+    return 1
+}
+
 shop_only=0
 if [[ "${1:-}" == "--shop" ]]; then
     shop_only=1
@@ -177,6 +192,7 @@ status=0
 if ((shop_only)); then
     shop_suite || status=$?
 elif ((${#extra_args[@]} == 0)); then
+    k8s_check || status=1
     # Two passes: the end-to-end suites start six processes each, so on a small machine they run
     # after the rest rather than competing with the timing-sensitive bus and ledger tests.
     say "swift test --skip EndToEndTests"

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Validates the Kubernetes manifests in deploy/kubernetes offline: renders the base and every overlay
+# with ops/scripts/k8s-validate.py and checks each rendered document, and every plain manifest
+# (deploy/kubernetes/*.yaml), against the Kubernetes schemas with kubernetes-validate --strict.
+#
+#   ops/scripts/k8s-validate.sh            install kubernetes-validate if missing, then validate
+#   WIPAY_TOOLS_DIR=DIR ...                where its environment lives (default .build/tools)
+#   K8S_VERSION=1.33.0 ...                 the Kubernetes version to validate against
+#
+# Kinds from API groups that are not Kubernetes' own (the CloudNativePG Cluster) have no schema there:
+# they are checked for apiVersion, kind and metadata.name only, and listed. When kubectl is on PATH,
+# `kubectl kustomize` must render the same kinds and names. Exits non-zero on any failure.
+set -euo pipefail
+
+prog="k8s-validate.sh"
+die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
+
+KUBERNETES_VALIDATE_VERSION="1.37.0"
+K8S_VERSION="${K8S_VERSION:-1.33.0}"
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
+tools="${WIPAY_TOOLS_DIR:-$REPO_ROOT/.build/tools}"
+[[ "$tools" == /* ]] || tools="$PWD/$tools"
+venv="$tools/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
+exe="$venv/bin/kubernetes-validate"
+renderer="ops/scripts/k8s-validate.py"
+manifests="deploy/kubernetes"
+
+if ! { [[ -x "$exe" ]] && "$venv/bin/python" -c 'import kubernetes_validate, yaml' >/dev/null 2>&1; }; then
+    command -v python3 >/dev/null 2>&1 || die "python3 is not on PATH (Debian: apt-get install python3 python3-venv)"
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+            printf '%s: installing python3-venv\n' "$prog" >&2
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >&2 \
+                || die "apt-get install python3-venv failed"
+        else
+            die "python3 has no venv/ensurepip module (Debian: apt-get install python3-venv)"
+        fi
+    fi
+    printf '%s: installing kubernetes-validate %s in %s\n' "$prog" "$KUBERNETES_VALIDATE_VERSION" "${venv#"$REPO_ROOT"/}" >&2
+    rm -rf "$venv"
+    mkdir -p "$tools"
+    python3 -m venv "$venv" >&2 || die "python3 -m venv $venv failed"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2 \
+        || { rm -rf "$venv"; die "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION failed (is PyPI reachable?)"; }
+    [[ -x "$exe" ]] || die "$exe is missing after the install"
+fi
+py="$venv/bin/python"
+cd "$REPO_ROOT"
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+failed=0
+fail() { printf '%s: FAIL: %s\n' "$prog" "$*" >&2; failed=1; }
+
+# Schema check of one file. kubernetes-validate only warns (exit 0) for a kind it has no schema for:
+# here every document is one of Kubernetes' own kinds, so a warning is a failure (a misspelt kind).
+validate() { # FILE LABEL
+    local out rc=0
+    out="$("$exe" --strict --quiet -k "$K8S_VERSION" "$1" 2>&1)" || rc=$?
+    [[ -n "$out" ]] && printf '%s\n' "$out" | sed "s|$work/||"
+    if [[ $rc -ne 0 ]] || grep -q '^WARN' <<<"$out"; then
+        fail "$2 did not validate against Kubernetes $K8S_VERSION"
+        return
+    fi
+    checked=$((checked + $("$py" -c 'import sys, yaml; print(sum(1 for d in yaml.safe_load_all(open(sys.argv[1])) if d))' "$1")))
+}
+
+checked=0
+no_schema=0
+have_kubectl=0
+command -v kubectl >/dev/null 2>&1 && have_kubectl=1
+
+dirs=("$manifests/base")
+for d in "$manifests"/overlays/*/; do [[ -f "$d/kustomization.yaml" ]] && dirs+=("${d%/}"); done
+
+for dir in "${dirs[@]}"; do
+    rel="$dir"
+    name="$(tr '/' '_' <<<"${dir#"$manifests"/}")"
+    rendered="$work/$name.yaml"
+    if ! "$py" "$renderer" render "$dir" "$rendered"; then fail "$rel does not render"; continue; fi
+    if ! split_out="$("$py" "$renderer" split "$rendered" "$work/$name.core.yaml")"; then
+        fail "$rel: a document without a schema lacks apiVersion, kind or metadata.name"
+        continue
+    fi
+    if [[ -n "$split_out" ]]; then
+        printf '%s\n' "$split_out" | sed "s|^|$rel: |"
+        no_schema=$((no_schema + $(grep -c . <<<"$split_out")))
+    fi
+    validate "$work/$name.core.yaml" "$rel"
+    if [[ $have_kubectl -eq 1 ]]; then
+        if ! kubectl kustomize "$dir" >"$work/$name.kubectl.yaml" 2>"$work/kubectl.err"; then
+            cat "$work/kubectl.err" >&2
+            fail "kubectl kustomize $rel failed"
+        elif ! cmp_out="$("$py" "$renderer" compare "$rendered" "$work/$name.kubectl.yaml")"; then
+            fail "kubectl kustomize $rel renders other resources than k8s-validate.py"
+        else
+            printf '%s: kubectl kustomize: %s\n' "$rel" "$cmp_out"
+        fi
+    fi
+done
+[[ $have_kubectl -eq 1 ]] || printf '%s: kubectl not found: our renderer only\n' "$prog"
+
+for f in "$manifests"/*.yaml; do
+    [[ -e "$f" ]] || continue
+    validate "$f" "$f"
+done
+
+if [[ $failed -ne 0 ]]; then
+    printf '%s: FAILED (%d documents passed)\n' "$prog" "$checked" >&2
+    exit 1
+fi
+printf '%s: OK: %d documents validated against Kubernetes %s (strict), %d without a schema checked for apiVersion/kind/name, %d kustomizations rendered\n' \
+    "$prog" "$checked" "$K8S_VERSION" "$no_schema" "${#dirs[@]}"
