@@ -114,7 +114,7 @@ let package = Package(
             deps: serviceDeps + ["Postgres", "WiPayPayload", crypto])
         + service("notifier", folder: "notifier", library: "NotifierService", deps: serviceDeps + ["Postgres"])
         + service("pos-gateway", folder: "pos-gateway", library: "POSGatewayService", deps: serviceDeps + [hummingbird, "WiPayGateway", "WiPayPayload", "WiPayPages"])
-        + service("phone-gateway", folder: "phone-gateway", library: "PhoneGatewayService", deps: serviceDeps + [hummingbird, "WiPayGateway", crypto])
+        + service("phone-gateway", folder: "phone-gateway", library: "PhoneGatewayService", deps: serviceDeps + [hummingbird, "WiPayGateway", "WiPayPayload", crypto])
         + [
             .executableTarget(
                 name: "payctl", dependencies: ["WiPayBus", "WiPayRuntime", "WiPayPayload", "WiPayPages", "ZeroMQ", argumentParser, log, hummingbird],

@@ -2,6 +2,7 @@
 
 import Testing
 import WiPayGateway
+import WiPayPayload
 
 @Suite("Gateway JSON parser")
 struct GatewayJSONParserTests {

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import HTTPTypes
 import WiPayBus
+import WiPayPayload
 
 /// The device request signature of the phone API: `X-Signature` = base64url (no padding) of an Ed25519
 /// signature over the UTF-8 bytes of the signed string, where PATH is the request target as sent (path plus

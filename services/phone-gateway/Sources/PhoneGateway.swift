@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import WiPayBus
 import WiPayGateway
+import WiPayPayload
 import WiPayRuntime
 
 /// The phone-gateway: the HTTP edge for phones. Enrolls devices, checks every other call's Ed25519

@@ -221,7 +221,7 @@ public final class POSGateway: Sendable {
             object["payment"] = .obj([
                 "id": .string(paymentId),
                 "posted_at": .string(RFC3339.string(millis: info.postedAtMillis ?? info.createdAtMillis)),
-                "payer": .string(info.payerAlias ?? "****"),
+                "payer": .string(info.payerAlias ?? "***"),
             ])
         }
         return .object(object)
