@@ -126,6 +126,8 @@ struct PaymentFlowE2ETests {
         let offset = try await pos.http.send(
             "GET", "/v1/payment-requests?since=2020-01-01T08:00:00.5%2B08:00", headers: pos.authHeaders)
         #expect(offset.status == 200 && offset.int("count") == 3 && offset.string("since") == "2020-01-01T00:00:00.500Z", "\(offset)")
+        let ancient = try await pos.http.send("GET", "/v1/payment-requests?since=0060-12-07T16:47:05-07:07", headers: pos.authHeaders)
+        #expect(ancient.status == 200 && ancient.int("count") == 3 && ancient.string("since") == "1970-01-01T00:00:00.000Z", "\(ancient)")
         for bad in ["since=yesterday", "since=2025-02-30T00:00:00Z", "limit=0", "limit=201", "limit=x"] {
             let reply = try await pos.http.send("GET", "/v1/payment-requests?\(bad)", headers: pos.authHeaders)
             #expect(reply.status == 400 && reply.code == "invalid_field", "\(bad): \(reply)")

@@ -154,7 +154,8 @@ public enum RFC3339 {
     }
 
     /// Unix milliseconds of an RFC 3339 date-time (`2025-01-31T09:05:03Z`, `…03.042+08:00`; `T`/`Z` in any
-    /// case), or nil when it is not one (years 1970-9999, a real calendar day, leap seconds refused).
+    /// case), or nil when it is not one (a real calendar day of years 0000-9999; leap seconds refused).
+    /// Before 1970 it is negative.
     public static func millis(_ text: String) -> Int64? {
         let c = Array(text.utf8)
         guard (20...35).contains(c.count) else { return nil }
@@ -196,14 +197,14 @@ public enum RFC3339 {
         } else {
             return nil
         }
-        guard i == c.count, (1970...9999).contains(year), (1...12).contains(month), hour < 24, minute < 60, second < 60
+        guard i == c.count, (1...12).contains(month), hour < 24, minute < 60, second < 60
         else { return nil }
         let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
         let monthDays: [Int64] = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
         guard day >= 1, day <= monthDays[Int(month - 1)] else { return nil }
         // Days from civil (Howard Hinnant's algorithm).
         let y = month <= 2 ? year - 1 : year
-        let era = y / 400
+        let era = (y >= 0 ? y : y - 399) / 400
         let yearOfEra = y - era * 400
         let mp = month > 2 ? month - 3 : month + 9
         let dayOfYear = (153 * mp + 2) / 5 + day - 1

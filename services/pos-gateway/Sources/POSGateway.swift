@@ -140,7 +140,7 @@ public final class POSGateway: Sendable {
             guard let millis = RFC3339.millis(String(text)) else {
                 throw GatewayError.invalidField("since", "must be an RFC 3339 date-time such as 2025-01-31T00:00:00Z")
             }
-            since = millis
+            since = max(0, millis)  // nothing is older than 1970
         }
         var limit = Self.defaultListLimit
         if let text = query.get("limit") {
