@@ -39,20 +39,7 @@ if ((${#missing[@]})); then
     apt_install "${missing[@]}"
 fi
 
-if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c 'import selenium' >/dev/null 2>&1; then
-    printf '%s\n' "$venv/bin/python"
-    exit 0
-fi
-
-command -v python3 >/dev/null 2>&1 || die "python3 is not on PATH (Debian: apt-get install python3 python3-venv)"
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    command -v apt-get >/dev/null 2>&1 || die "python3 has no venv/ensurepip module (Debian: apt-get install python3-venv)"
-    apt_install python3-venv
-fi
-printf '%s: installing selenium %s in %s\n' "$prog" "$SELENIUM_VERSION" "${venv#"$REPO_ROOT"/}" >&2
-rm -rf "$venv"
-mkdir -p "$tools"
-python3 -m venv "$venv" >&2 || die "python3 -m venv $venv failed"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check "selenium==$SELENIUM_VERSION" >&2 \
-    || { rm -rf "$venv"; die "pip install selenium==$SELENIUM_VERSION failed (is PyPI reachable?)"; }
+# shellcheck source=ops/scripts/pyvenv.sh
+source "$REPO_ROOT/ops/scripts/pyvenv.sh"
+pyvenv_ensure "$venv" 'import selenium' "selenium==$SELENIUM_VERSION"
 printf '%s\n' "$venv/bin/python"

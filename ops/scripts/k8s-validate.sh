@@ -26,26 +26,10 @@ exe="$venv/bin/kubernetes-validate"
 renderer="ops/scripts/k8s-validate.py"
 manifests="deploy/kubernetes"
 
-if ! { [[ -x "$exe" ]] && "$venv/bin/python" -c 'import kubernetes_validate, yaml' >/dev/null 2>&1; }; then
-    command -v python3 >/dev/null 2>&1 || die "python3 is not on PATH (Debian: apt-get install python3 python3-venv)"
-    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-        if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
-            printf '%s: installing python3-venv\n' "$prog" >&2
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >&2 \
-                || die "apt-get install python3-venv failed"
-        else
-            die "python3 has no venv/ensurepip module (Debian: apt-get install python3-venv)"
-        fi
-    fi
-    printf '%s: installing kubernetes-validate %s in %s\n' "$prog" "$KUBERNETES_VALIDATE_VERSION" "${venv#"$REPO_ROOT"/}" >&2
-    rm -rf "$venv"
-    mkdir -p "$tools"
-    python3 -m venv "$venv" >&2 || die "python3 -m venv $venv failed"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2 \
-        || { rm -rf "$venv"; die "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION failed (is PyPI reachable?)"; }
-    [[ -x "$exe" ]] || die "$exe is missing after the install"
-fi
+# shellcheck source=ops/scripts/pyvenv.sh
+source "$REPO_ROOT/ops/scripts/pyvenv.sh"
+pyvenv_ensure "$venv" 'import kubernetes_validate, yaml' "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+[[ -x "$exe" ]] || die "$exe is missing after the install"
 py="$venv/bin/python"
 cd "$REPO_ROOT"
 
