@@ -19,43 +19,9 @@ import WiPayPayload
     import Glibc
 #endif
 
-/// A self-signed certificate for 127.0.0.1 and localhost, made once per test run with openssl: every service of
-/// the browser suite also serves HTTPS (on a free port), where the wallet page must work as on a real phone.
-enum E2ETLS {
-    static let files: (cert: String, key: String)? = {
-        let dir = NSTemporaryDirectory() + "wipay-e2e-tls-\(getpid())"
-        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let cert = "\(dir)/cert.pem"
-        let key = "\(dir)/key.pem"
-        guard let openssl = ["/usr/bin/openssl", "/bin/openssl"].first(where: FileManager.default.isExecutableFile) else { return nil }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: openssl)
-        process.arguments = [
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", key, "-out", cert,
-        ]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return nil }
-        process.waitUntilExit()
-        return process.terminationStatus == 0 ? (cert, key) : nil
-    }()
-
-    static var environment: [String: String] {
-        guard let files else { return [:] }
-        return ["WIPAY_HTTPS_PORT": "0", "WIPAY_TLS_CERT_FILE": files.cert, "WIPAY_TLS_KEY_FILE": files.key]
-    }
-
-    /// The HTTPS endpoint a service logged (`https.endpoint=https://127.0.0.1:PORT`).
-    static func endpoint(in log: String) -> String? {
-        guard let range = log.range(of: #"https\.endpoint=https://127\.0\.0\.1:[0-9]+"#, options: .regularExpression) else { return nil }
-        return String(log[range].dropFirst("https.endpoint=".count))
-    }
-}
-
 // Serialized: the browser test drains the notifier at its end.
 @Suite(
-    "End to end: the counter, wallet and console pages", .e2eSystem(environment: E2ETLS.environment), .serialized,
+    "End to end: the counter, wallet and console pages", .e2eSystemWithTLS, .serialized,
     .enabled(if: E2EEnv.ready))
 struct BrowserE2ETests {
     static var python: String? {
@@ -177,8 +143,7 @@ struct BrowserE2ETests {
             record: false)
         #expect(crossSite.status == 403 && crossSite.code == "origin_not_allowed", "\(crossSite)")
         // The phone-gateway over TLS, as a phone on the shop's network reaches it.
-        let walletTLS = try #require(
-            E2ETLS.endpoint(in: system.child("phone-gateway")?.log ?? ""), "the phone-gateway logged no HTTPS endpoint (is openssl installed?)")
+        let walletTLS = try #require(system.httpsEndpoint("phone-gateway"), "the phone-gateway logged no HTTPS endpoint")
         let shots = ProcessInfo.processInfo.environment["WIPAY_SCREENSHOT_DIR"].flatMap { $0.isEmpty ? nil : $0 }
             ?? "\(system.dir)/screenshots"
         let script = SchemathesisE2ETests.repoRoot.appendingPathComponent("ops/browser/pages_test.py").path
@@ -192,29 +157,9 @@ struct BrowserE2ETests {
                 "WIPAY_EXPIRED_PAYLOAD": expired, "WIPAY_SCREENSHOTS": shots, "WIPAY_CONSOLE_URL": consoleURL,
                 "WIPAY_WALLET_TLS_URL": walletTLS, "PYTHONDONTWRITEBYTECODE": "1",
             ], uniquingKeysWith: { $1 })
-        let logPath = "\(system.dir)/browser.log"
-        let env = environment
-        let (status, output): (Int32, String) = try await e2eBlocking {
-            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-            guard let log = FileHandle(forWritingAtPath: logPath) else { throw E2EFailure("cannot write \(logPath)") }
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: python)
-            process.arguments = [script]
-            process.environment = env
-            process.currentDirectoryURL = URL(fileURLWithPath: system.dir)
-            process.standardOutput = log
-            process.standardError = log
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
-            try? log.close()
-            let end = ContinuousClock.now + .seconds(240)
-            while process.isRunning && ContinuousClock.now < end { usleep(100_000) }
-            if process.isRunning {
-                kill(process.processIdentifier, SIGKILL)
-                while process.isRunning { usleep(10_000) }
-            }
-            return (process.terminationStatus, (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "")
-        }
+        let (status, output) = try await e2eRunLogged(
+            python, [script], environment: environment, currentDirectory: system.dir, logPath: "\(system.dir)/browser.log",
+            timeout: .seconds(240))
         #expect(status == 0, "ops/browser/pages_test.py exited \(status):\n\(output.suffix(8000))")
         #expect(output.contains("\"failures\": []"), "\(output.suffix(4000))")
         // Paid once: 12.50 from the wallet to the merchant; the declined attempt and the hostile request moved nothing.

@@ -179,6 +179,57 @@ enum E2EPorts {
     }
 }
 
+/// Runs an outside tool (Schemathesis, the browser test) to its end, stdout and stderr into `logPath`; killed
+/// after `timeout`, so a hang is a failure and not a stuck suite. Its exit status and its output.
+func e2eRunLogged(
+    _ executable: String, _ arguments: [String], environment: [String: String], currentDirectory: String,
+    logPath: String, timeout: Duration
+) async throws -> (status: Int32, output: String) {
+    try await e2eBlocking {
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        guard let log = FileHandle(forWritingAtPath: logPath) else { throw E2EFailure("cannot write \(logPath)") }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.environment = environment
+        process.currentDirectoryURL = URL(fileURLWithPath: currentDirectory)
+        process.standardOutput = log
+        process.standardError = log
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        try? log.close()
+        let end = ContinuousClock.now + timeout
+        while process.isRunning && ContinuousClock.now < end { usleep(100_000) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            while process.isRunning { usleep(10_000) }
+        }
+        return (process.terminationStatus, (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "")
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost in `dir` (openssl), and the settings that make a
+/// service serve HTTPS with it on a free port.
+func e2eSelfSignedCertificate(in dir: String) throws -> [String: String] {
+    let cert = "\(dir)/tls-cert.pem"
+    let key = "\(dir)/tls-key.pem"
+    guard let openssl = ["/usr/bin/openssl", "/bin/openssl"].first(where: FileManager.default.isExecutableFile) else {
+        throw E2EFailure("openssl is needed for the HTTPS test certificate (ops/scripts/deps.sh installs it)")
+    }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: openssl)
+    process.arguments = [
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", key, "-out", cert,
+    ]
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else { throw E2EFailure("openssl could not make the test certificate") }
+    return ["WIPAY_HTTPS_PORT": "0", "WIPAY_TLS_CERT_FILE": cert, "WIPAY_TLS_KEY_FILE": key]
+}
+
 // MARK: - child processes
 
 /// A child process whose stdout and stderr go to one log file; signalled by pid only.
@@ -313,25 +364,29 @@ final class E2ESystem: Sendable {
     }
 
     /// Creates the database, picks ports, starts every service and waits until each answers /healthz.
-    static func start(suite: String, environment: [String: String] = [:]) async throws -> E2ESystem {
+    /// `tls`: every service also serves HTTPS on a free port, with a throwaway self-signed certificate for
+    /// 127.0.0.1 made in the system's folder (see `httpsEndpoint`).
+    static func start(suite: String, environment: [String: String] = [:], tls: Bool = false) async throws -> E2ESystem {
         // Another suite may bind a port between our check and our service's bind: start again on new ports.
         var attempt = 1
         while true {
             do {
-                return try await startOnce(suite: suite, environment: environment)
+                return try await startOnce(suite: suite, environment: environment, tls: tls)
             } catch let error as E2EFailure where attempt < 3 && error.description.contains("Address already in use") {
                 attempt += 1
             }
         }
     }
 
-    private static func startOnce(suite: String, environment: [String: String]) async throws -> E2ESystem {
+    private static func startOnce(suite: String, environment: [String: String], tls: Bool) async throws -> E2ESystem {
         guard let bin = E2EEnv.binDirectory else { throw E2EFailure("built executables not found next to the tests") }
         let db = try await E2EDatabase.create()
         let safeName = suite.filter { $0.isLetter || $0.isNumber }.prefix(40)
         let dir = NSTemporaryDirectory() + "wipay-e2e-\(safeName)-\(e2eToken(6))"
         do {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            var environment = environment
+            if tls { environment.merge(try e2eSelfSignedCertificate(in: dir), uniquingKeysWith: { $1 }) }
             // bus: 4 ports; then one HTTP port per service.
             guard let base = E2EPorts.consecutive(4 + E2EEnv.services.count) else { throw E2EFailure("no free ports") }
             var httpPorts: [String: Int] = [:]
@@ -425,6 +480,15 @@ final class E2ESystem: Sendable {
     }
 
     func child(_ name: String) -> E2EChild? { children.value.first { $0.name == name } }
+
+    /// The HTTPS endpoint a service logged (`https.endpoint=https://127.0.0.1:PORT`; systems started with `tls`).
+    func httpsEndpoint(_ service: String) -> String? {
+        let log = child(service)?.log ?? ""
+        guard let range = log.range(of: #"https\.endpoint=https://127\.0\.0\.1:[0-9]+"#, options: .regularExpression) else {
+            return nil
+        }
+        return String(log[range].dropFirst("https.endpoint=".count))
+    }
 
     /// Stops every child (SIGTERM, then SIGKILL) and drops the database. On failure the logs are printed
     /// and kept; otherwise removed.
@@ -596,6 +660,8 @@ func e2eSystem() throws -> E2ESystem {
 struct E2ESystemTrait: SuiteTrait, TestScoping {
     /// Settings for every service of the suite's system, on top of the harness's.
     var environment: [String: String] = [:]
+    /// Every service also serves HTTPS (`E2ESystem.start(tls:)`).
+    var tls = false
 
     var isRecursive: Bool { false }
 
@@ -606,7 +672,7 @@ struct E2ESystemTrait: SuiteTrait, TestScoping {
     ) async throws {
         // A suite skipped for want of a database or of built executables starts nothing.
         guard E2EEnv.ready else { return try await function() }
-        let system = try await E2ESystem.start(suite: test.name, environment: environment)
+        let system = try await E2ESystem.start(suite: test.name, environment: environment, tls: tls)
         do {
             try await E2ESystem.$current.withValue(system) {
                 try await IssueHandlingTrait.compactMapIssues { issue in
@@ -632,6 +698,9 @@ extension Trait where Self == E2ESystemTrait {
 
     /// One whole WiPay for this suite, every service with these settings on top of the harness's.
     static func e2eSystem(environment: [String: String]) -> E2ESystemTrait { E2ESystemTrait(environment: environment) }
+
+    /// One whole WiPay for this suite whose services also serve HTTPS (a throwaway certificate).
+    static var e2eSystemWithTLS: E2ESystemTrait { E2ESystemTrait(tls: true) }
 }
 
 extension E2ESystem {

@@ -135,32 +135,9 @@ struct SchemathesisE2ETests {
         environment["PYTHONPATH"] = "\(root)/ops/schemathesis"
         environment["PYTHONDONTWRITEBYTECODE"] = "1"
         for (key, value) in extraEnvironment { environment[key] = value }
-        let outPath = "\(system.dir)/schemathesis-\(log).log"
-        let env = environment
-        let argv = arguments
-        return try await e2eBlocking {
-            _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-            guard let out = FileHandle(forWritingAtPath: outPath) else { throw E2EFailure("cannot write \(outPath)") }
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = argv
-            process.environment = env
-            process.currentDirectoryURL = URL(fileURLWithPath: system.dir)
-            process.standardOutput = out
-            process.standardError = out
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
-            try? out.close()
-            // Bounded: the run is sized to a few minutes; a hang is a failure, not a stuck suite.
-            let end = ContinuousClock.now + .seconds(420)
-            while process.isRunning && ContinuousClock.now < end { usleep(100_000) }
-            if process.isRunning {
-                kill(process.processIdentifier, SIGKILL)
-                while process.isRunning { usleep(10_000) }
-            }
-            let output = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
-            return (process.terminationStatus, output)
-        }
+        return try await e2eRunLogged(
+            executable, arguments, environment: environment, currentDirectory: system.dir,
+            logPath: "\(system.dir)/schemathesis-\(log).log", timeout: .seconds(420))
     }
 
     @Test("Schemathesis finds nothing on either gateway; the ledger reconciles; refused inputs move no money",
