@@ -120,13 +120,14 @@ final class ConsoleMonitor: Sendable {
         var payments = 0
         var declined = 0
         var outcomes: [String: Int] = [:]
+        /// The outbox sequences counted in this second: a redelivered outcome is counted once.
+        var seqs = Set<Int64>()
     }
 
     struct State: Sendable {
         var instances: [String: Heard] = [:]
+        /// The last two minutes, oldest first: what is counted, and what a duplicate is checked against.
         var seconds: [Second] = []
-        var seen = Set<Int64>()
-        var seenOrder: [Int64] = []
     }
 
     private let subscriber: BusSubscriber
@@ -153,14 +154,16 @@ final class ConsoleMonitor: Sendable {
             let (code, payment, declined) = Self.classify(outcome)
             let now = Int64(Date().timeIntervalSince1970)
             state.withLock { s in
-                guard s.seen.insert(outcome.outboxSeq).inserted else { return }
-                s.seenOrder.append(outcome.outboxSeq)
-                if s.seenOrder.count > 100_000 { s.seen.remove(s.seenOrder.removeFirst()) }
-                if s.seconds.last?.at != now { s.seconds.append(Second(at: now)) }
-                s.seconds[s.seconds.count - 1].payments += payment ? 1 : 0
-                s.seconds[s.seconds.count - 1].declined += declined ? 1 : 0
-                s.seconds[s.seconds.count - 1].outcomes[code, default: 0] += 1
-                s.seconds.removeAll { $0.at < now - 120 }
+                guard !s.seconds.contains(where: { $0.seqs.contains(outcome.outboxSeq) }) else { return }
+                if s.seconds.last?.at != now {
+                    s.seconds.removeAll { $0.at < now - 120 }
+                    s.seconds.append(Second(at: now))
+                }
+                let last = s.seconds.count - 1
+                s.seconds[last].payments += payment ? 1 : 0
+                s.seconds[last].declined += declined ? 1 : 0
+                s.seconds[last].outcomes[code, default: 0] += 1
+                s.seconds[last].seqs.insert(outcome.outboxSeq)
             }
         default:
             break

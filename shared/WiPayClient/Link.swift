@@ -410,25 +410,13 @@ public final class LinkListener: Sendable {
         return nil
     }
 
-    /// The first announced payload that `accept` turns into a verified `PaymentPayload`, or nil at the
-    /// deadline. `accept` returns nil for payloads to ignore (not verifying, expired, unknown key).
-    public func firstAccepted(
-        deadline: ContinuousClock.Instant, accept: (String) async -> PaymentPayload?
-    ) async throws -> (text: String, payload: PaymentPayload)? {
-        var rejected = Set<String>()
-        while let text = try await next(deadline: deadline) {
-            if rejected.contains(text) { continue }
-            if let payload = await accept(text) { return (text, payload) }
-            if rejected.count < 1024 { rejected.insert(text) }
-        }
-        return nil
-    }
-
-    /// The first announced payload that verifies with `verifier` and has not expired.
+    /// The first announced payload that verifies with `verifier` and has not expired (`hear` with no wait
+    /// for the others).
     public func firstVerified(
         verifier: PayloadVerifier, deadline: ContinuousClock.Instant, now: @Sendable () -> Int64 = unixNow
     ) async throws -> (text: String, payload: PaymentPayload)? {
-        try await firstAccepted(deadline: deadline) { text in try? verifier.verify(text, nowSeconds: now()) }
+        let heard = try await hear(deadline: deadline, settle: .zero) { text in try? verifier.verify(text, nowSeconds: now()) }
+        return heard.current(nowSeconds: now()).first.map { ($0.text, $0.payload) }
     }
 
     /// Everything on the air: listens until `deadline`, but no longer than `settle` after the first payload

@@ -40,18 +40,20 @@ public enum BrowserPages {
         }
 
         /// The route path (a trailing slash is the same route in Hummingbird).
-        public var route: String { String(rawValue.dropFirst().drop { $0 == "/" }).trimmingSuffix("/") }
+        public var route: String { rawValue.split(separator: "/").joined(separator: "/") }
     }
 
     /// The headers every page and asset (and the QR code image) is served with.
-    public static let securityHeaders: HTTPFields = [
-        .contentSecurityPolicy: contentSecurityPolicy,
-        HTTPField.Name("X-Content-Type-Options")!: "nosniff",
-        HTTPField.Name("Referrer-Policy")!: "no-referrer",
-        HTTPField.Name("X-Frame-Options")!: "DENY",
-        HTTPField.Name("Cross-Origin-Opener-Policy")!: "same-origin",
-        HTTPField.Name("Permissions-Policy")!: "camera=(self), microphone=(), geolocation=()",
-    ]
+    public static let securityHeaders: HTTPFields = {
+        var fields: HTTPFields = [.contentSecurityPolicy: contentSecurityPolicy, .xContentTypeOptions: "nosniff"]
+        for (name, value) in [
+            ("Referrer-Policy", "no-referrer"), ("X-Frame-Options", "DENY"), ("Cross-Origin-Opener-Policy", "same-origin"),
+            ("Permissions-Policy", "camera=(self), microphone=(), geolocation=()"),
+        ] {
+            if let name = HTTPField.Name(name) { fields[name] = value }
+        }
+        return fields
+    }()
 
     public static func response(_ page: Page) -> Response {
         let file = page.file
@@ -69,11 +71,5 @@ extension Router {
         for page in pages {
             get(RouterPath(page.route)) { _, _ in BrowserPages.response(page) }
         }
-    }
-}
-
-extension String {
-    fileprivate func trimmingSuffix(_ suffix: String) -> String {
-        hasSuffix(suffix) ? String(dropLast(suffix.count)) : self
     }
 }

@@ -160,7 +160,7 @@ final class PayloadAcceptor: @unchecked Sendable {
     private let home: WalletHome
     private let client: PhoneClient
     private let keysRefreshed = OnceFlag()
-    let walletKeys: KeyBox
+    private let walletKeys: KeyBox
 
     init(home: WalletHome, client: PhoneClient, keys: [String: [UInt8]]) {
         self.home = home
@@ -176,6 +176,58 @@ final class PayloadAcceptor: @unchecked Sendable {
         walletKeys.keys = fresh
         try? home.savePayloadKeys(fresh)
         return try? PayloadVerifier(keys: fresh).verify(text, nowSeconds: unixNow())
+    }
+}
+
+/// A failure already reported on stdout/stderr: only the exit status is left to return.
+struct Reported: Error {
+    let status: Int32
+}
+
+/// What `nearby` and `pay` start from: the enrolled wallet, the link settings, a client for the
+/// phone-gateway, and the payload verifier.
+struct WalletOnLink {
+    let settings: LinkSettings
+    let client: PhoneClient
+    let acceptor: PayloadAcceptor
+
+    /// Loads the wallet and the settings; a problem is reported on `options`.
+    init(_ options: CommonOptions, _ link: LinkOptions) throws(Reported) {
+        let home = WalletHome(path: options.home)
+        let wallet: Wallet
+        do {
+            wallet = try home.load()
+        } catch {
+            throw Reported(status: options.fail("home_error", error.message))
+        }
+        do {
+            settings = try link.settings()
+        } catch {
+            throw Reported(status: options.fail("invalid_link", error.message))
+        }
+        do {
+            client = try PhoneClient(baseURL: wallet.gatewayURL, identity: wallet.identity)
+        } catch {
+            throw Reported(status: options.fail("invalid_url", error.message))
+        }
+        acceptor = PayloadAcceptor(home: home, client: client, keys: wallet.payloadKeys)
+    }
+
+    /// `LinkListener.hear` on these settings: what is still payable, newest first.
+    func hear(
+        _ options: CommonOptions, deadline: ContinuousClock.Instant, settle: Duration,
+        wanted: (HeardRequest) -> Bool = { _ in true }
+    ) async throws(Reported) -> [HeardRequest] {
+        do {
+            let listener = try LinkListener(settings: settings)
+            defer { listener.close() }
+            return try await listener.hear(deadline: deadline, settle: settle, wanted: wanted, accept: acceptor.accept)
+                .current(nowSeconds: unixNow())
+        } catch let error as LinkError {
+            throw Reported(status: options.fail("link_error", error.message))
+        } catch {
+            throw Reported(status: options.fail("link_error", "listening on the link failed: \(error)"))
+        }
     }
 }
 
@@ -230,38 +282,14 @@ struct Nearby: AsyncParsableCommand {
 
     func nearby() async -> Int32 {
         guard (1...60).contains(listen) else { return options.fail("invalid_listen", "--listen must be 1 to 60 seconds") }
-        let home = WalletHome(path: options.home)
-        let wallet: Wallet
-        let settings: LinkSettings
-        let client: PhoneClient
-        do {
-            wallet = try home.load()
-        } catch {
-            return options.fail("home_error", error.message)
-        }
-        do {
-            settings = try link.settings()
-        } catch {
-            return options.fail("invalid_link", error.message)
-        }
-        do {
-            client = try PhoneClient(baseURL: wallet.gatewayURL, identity: wallet.identity)
-        } catch {
-            return options.fail("invalid_url", error.message)
-        }
-        let acceptor = PayloadAcceptor(home: home, client: client, keys: wallet.payloadKeys)
         let heard: [HeardRequest]
         do {
-            let listener = try LinkListener(settings: settings)
-            defer { listener.close() }
-            if !options.json { Console.error("Listening on the local link (\(settings.summary)) for \(listen) s…") }
+            let session = try WalletOnLink(options, link)
+            if !options.json { Console.error("Listening on the local link (\(session.settings.summary)) for \(listen) s…") }
             let window = Duration.seconds(listen)
-            heard = try await listener.hear(deadline: .now + window, settle: window, accept: acceptor.accept)
-                .current(nowSeconds: unixNow())
-        } catch let error as LinkError {
-            return options.fail("link_error", error.message)
+            heard = try await session.hear(options, deadline: .now + window, settle: window)
         } catch {
-            return options.fail("link_error", "listening on the link failed: \(error)")
+            return error.status
         }
         if options.json {
             print(JSON.object(["count": .int(Int64(heard.count)), "requests": HeardView.list(heard)]).text)
@@ -317,47 +345,26 @@ struct Pay: AsyncParsableCommand {
                 return options.fail("invalid_filter", "\(flag) must be 1 to 200 characters")
             }
         }
-        let home = WalletHome(path: options.home)
-        var wallet: Wallet
-        do {
-            wallet = try home.load()
-        } catch {
-            return options.fail("home_error", error.message)
-        }
-        let settings: LinkSettings
-        do {
-            settings = try link.settings()
-        } catch {
-            return options.fail("invalid_link", error.message)
-        }
-        let client: PhoneClient
-        do {
-            client = try PhoneClient(baseURL: wallet.gatewayURL, identity: wallet.identity)
-        } catch {
-            return options.fail("invalid_url", error.message)
-        }
         if let given = pin ?? ProcessInfo.processInfo.environment["WIPAY_PIN"], !Self.isPIN(given) {
             return options.fail("invalid_pin_format", "a PIN is 4 to 6 digits")
         }
 
         // 1. Hear what is on the air, and pick.
         let choice = LinkChoice(requestId: request, terminal: terminal, merchant: merchant)
-        let acceptor = PayloadAcceptor(home: home, client: client, keys: wallet.payloadKeys)
+        let session: WalletOnLink
         let onAir: [HeardRequest]
         do {
-            let listener = try LinkListener(settings: settings)
-            defer { listener.close() }
-            options.say("Listening on the local link (\(settings.summary)) for up to \(timeout) s…")
+            session = try WalletOnLink(options, link)
+            options.say("Listening on the local link (\(session.settings.summary)) for up to \(timeout) s…")
             // A request id names one request: no need to wait for the others.
-            let settle = choice.requestId != nil ? Duration.zero : Self.settle
-            onAir = try await listener.hear(
-                deadline: .now + .seconds(timeout), settle: settle, wanted: choice.matches, accept: acceptor.accept
-            ).current(nowSeconds: unixNow())
-        } catch let error as LinkError {
-            return options.fail("link_error", error.message)
+            onAir = try await session.hear(
+                options, deadline: .now + .seconds(timeout), settle: choice.requestId != nil ? .zero : Self.settle,
+                wanted: choice.matches)
         } catch {
-            return options.fail("link_error", "listening on the link failed: \(error)")
+            return error.status
         }
+        let client = session.client
+        let settings = session.settings
         let chosen: HeardRequest
         var confirmed = yes
         switch choice.pick(from: onAir) {
@@ -390,7 +397,6 @@ struct Pay: AsyncParsableCommand {
         }
         let payloadText = chosen.text
         let payload = chosen.payload
-        wallet.payloadKeys = acceptor.walletKeys.keys
         let amountText = Money.format(payload.amountMinor, payload.currency)
         let payee = Console.printable(payload.payee)
 
