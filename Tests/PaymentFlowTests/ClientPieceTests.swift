@@ -265,9 +265,12 @@ import WiPayPayload
         announcers.append(try LinkAnnouncer(payload: "not a payload", settings: settings, interval: .milliseconds(50)))
         for announcer in announcers { announcer.start() }
         defer { for announcer in announcers { announcer.stop() } }
-        let heard = try await listener.hear(deadline: .now + .seconds(25), settle: .seconds(2)) { text in
+        // Generous windows: with the whole suite in parallel on 2 cores the listener's receives can wait seconds
+        // for a Dispatch thread (seen in CI: only the first till heard within a 2 s settle). What is asserted
+        // is what it hears, not how fast.
+        let heard = try await listener.hear(deadline: .now + .seconds(25), settle: .seconds(8)) { text in
             try? verifier.verify(text, nowSeconds: unixNow())
-        }.current(nowSeconds: unixNow())
+        }.current(nowSeconds: unixNow(), staleAfter: .seconds(30))
         #expect(heard.map(\.payload.requestId) == ["pr_till2", "pr_till1"])
         #expect(heard.first?.payload.payee == "Two Till Shop — till 2")
         #expect(heard.first?.from == "127.0.0.1")
