@@ -66,7 +66,7 @@ let package = Package(
 
         // Our thin Swift layers over them.
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"], path: "shared/ZeroMQ", swiftSettings: swiftSettings),
-        .target(name: "Postgres", dependencies: ["CLibPQ"], path: "shared/Postgres", swiftSettings: swiftSettings),
+        .target(name: "Postgres", dependencies: ["CLibPQ", metrics], path: "shared/Postgres", swiftSettings: swiftSettings),
 
         // The bus protocol (codec, messages) and the bus endpoints (client, worker, publisher, subscriber).
         .target(name: "WiPayBus", dependencies: ["ZeroMQ", log], path: "shared/WiPayBus", swiftSettings: swiftSettings),

@@ -164,23 +164,24 @@ struct PipelineTests {
         let holding = TSLocked(false)
         let released = TSLocked(false)
         // The holder keeps the connection until the test lets it go (a gate, not a time).
-        let gate = DispatchSemaphore(value: 0)
+        let gate = TSLocked(false)
         let holder = Task {
-            let rows = try await pool.run { connection in
+            let rows = try await pool.withSession { session in
                 holding.withLock { $0 = true }
-                _ = gate.wait(timeout: .now() + 60)
-                return try connection.query("SELECT 1")
+                let end = ContinuousClock.now + .seconds(60)
+                while !gate.value, ContinuousClock.now < end { try await Task.sleep(for: .milliseconds(5)) }
+                return try await session.query("SELECT 1")
             }
             released.withLock { $0 = true }
             return rows
         }
         while !holding.value { try await Task.sleep(for: .milliseconds(5)) }
         // One caller may wait; it gives up at its deadline with a clear error, not an endless wait.
-        let waiter = Task { try await pool.run { connection in try connection.query("SELECT 1") } }
+        let waiter = Task { try await pool.query("SELECT 1") }
         while pool.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
         // A second waiter is past the bound: refused at once.
         do {
-            _ = try await pool.run { connection in try connection.query("SELECT 1") }
+            _ = try await pool.query("SELECT 1")
             Issue.record("a caller past maxWaiters must be refused")
         } catch let error as PGError {
             #expect(error.isPoolBusy, "\(error)")
@@ -192,10 +193,10 @@ struct PipelineTests {
             #expect(error.isPoolBusy, "\(error)")
         }
         #expect(!released.value, "both were refused while the connection was still held")
-        gate.signal()
+        gate.withLock { $0 = true }
         _ = try await holder.value
         // Free again: served at once.
-        let rows = try await pool.run { connection in try connection.query("SELECT 42") }
+        let rows = try await pool.query("SELECT 42")
         #expect(rows.int64(0, 0) == 42)
         #expect(pool.waiting == 0)
         await db.drop()

@@ -4,6 +4,9 @@
 #   ops/scripts/pg.sh start  DATADIR PORT   initdb if needed, start, ensure role+db "wipay"
 #   ops/scripts/pg.sh stop   DATADIR        fast shutdown if running
 #   ops/scripts/pg.sh status DATADIR        exit 0 if running, 3 if not
+#   ops/scripts/pg.sh crash  DATADIR        immediate shutdown (no checkpoint: like a power cut for the
+#                                           clients; crash recovery on the next start)
+#   ops/scripts/pg.sh restart DATADIR       immediate shutdown, then start again on the same port
 #
 # The server listens on 127.0.0.1:PORT and on a unix socket in DATADIR/socket, logs to
 # DATADIR/log, and trusts local connections (development only). On start it prints the
@@ -22,6 +25,8 @@ usage() {
 usage: pg.sh start DATADIR PORT
        pg.sh stop DATADIR
        pg.sh status DATADIR
+       pg.sh crash DATADIR
+       pg.sh restart DATADIR
 EOF
     exit 2
 }
@@ -40,7 +45,7 @@ case "$cmd" in
             die "PORT must be a number between 1 and 65535, got '$port'"
         fi
         ;;
-    stop | status) [[ $# -eq 2 ]] || usage ;;
+    stop | status | crash | restart) [[ $# -eq 2 ]] || usage ;;
     *) usage ;;
 esac
 [[ -n "$datadir_arg" ]] || die "DATADIR must not be empty"
@@ -299,8 +304,30 @@ do_status() {
     esac
 }
 
+# For fault tests: PostgreSQL ends every session at once, without a checkpoint.
+do_crash() {
+    local rc=0
+    pg_status || rc=$?
+    [[ $rc -eq 0 ]] || die "PostgreSQL is not running in $DATADIR"
+    say "crashing PostgreSQL ($DATADIR): immediate shutdown"
+    as_pg "$PG_BIN/pg_ctl" stop -D "$DATADIR" -m immediate -w -t 60 >/dev/null \
+        || die "pg_ctl stop -m immediate failed for $DATADIR (see $LOGFILE)"
+}
+
+do_restart() {
+    local rc=0
+    pg_status || rc=$?
+    [[ $rc -eq 0 ]] || die "PostgreSQL is not running in $DATADIR"
+    say "restarting PostgreSQL ($DATADIR): immediate shutdown, then start"
+    as_pg "$PG_BIN/pg_ctl" restart -D "$DATADIR" -m immediate -w -t 60 -l "$LOGFILE" >/dev/null \
+        || die "pg_ctl restart -m immediate failed for $DATADIR (see $LOGFILE)"
+    say "ready again"
+}
+
 case "$cmd" in
     start) do_start ;;
     stop) do_stop ;;
     status) do_status ;;
+    crash) do_crash ;;
+    restart) do_restart ;;
 esac

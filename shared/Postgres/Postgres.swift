@@ -46,8 +46,6 @@ public final class PGConnection: @unchecked Sendable {
     /// The statements `pipeline` prepared on this session: SQL text → name. A new session (reconnect,
     /// reset) has none, so they are prepared again on first use.
     var preparedNames: [String: String] = [:]
-    /// Past this many, further statements run unprepared (the callers' statements are a small fixed set).
-    static let maxPreparedStatements = 128
 
     /// The libpq handle, or a connection error.
     func handle(_ context: String) throws(PGError) -> OpaquePointer {
@@ -222,52 +220,6 @@ public enum PGArray {
             out.unicodeScalars.append(ch)
         }
         return out + "\""
-    }
-}
-
-/// A small pool of connections, each used on its own thread so that blocking libpq calls never block
-/// Swift's cooperative thread pool. `run` waits for a free connection — bounded: at most `maxWaiters`
-/// callers wait, each at most `acquireTimeout`, then `PGError.poolBusy` (see `PGSlotQueue`).
-public final class PGPool: Sendable {
-    private let slots: [Slot]
-    private let queue: PGSlotQueue
-
-    final class Slot: @unchecked Sendable {
-        let queue: DispatchQueue
-        var connection: PGConnection?
-        let conninfo: String
-        init(index: Int, conninfo: String) {
-            queue = DispatchQueue(label: "pg-\(index)")
-            self.conninfo = conninfo
-        }
-    }
-
-    public init(conninfo: String, size: Int, maxWaiters: Int = 1024, acquireTimeout: Duration = .seconds(5)) {
-        slots = (0..<max(1, size)).map { Slot(index: $0, conninfo: conninfo) }
-        queue = PGSlotQueue(size: size, maxWaiters: maxWaiters, acquireTimeout: acquireTimeout)
-    }
-
-    /// Callers waiting for a connection now.
-    public var waiting: Int { queue.waiting }
-
-    /// Runs `body` with a connection on that connection's thread. Reconnects a lost connection first.
-    public func run<T: Sendable>(_ body: @escaping @Sendable (PGConnection) throws -> T) async throws -> T {
-        let index = try await queue.acquire()
-        defer { queue.release(index) }
-        let slot = slots[index]
-        return try await withCheckedThrowingContinuation { continuation in
-            slot.queue.async {
-                do {
-                    if slot.connection == nil { slot.connection = try PGConnection(conninfo: slot.conninfo) }
-                    guard let connection = slot.connection else { throw PGError(sqlState: "08003", message: "no connection", context: "pool") }
-                    try connection.ensureConnected()
-                    continuation.resume(returning: try body(connection))
-                } catch {
-                    if let error = error as? PGError, error.isConnectionError { slot.connection = nil }
-                    continuation.resume(throwing: error)
-                }
-            }
-        }
     }
 }
 

@@ -4,7 +4,7 @@
 /// docs/openapi/phone-gateway.yaml, split by tag from docs/openapi.yaml.
 public enum OpenAPIDocument {
     /// SHA-256 of the docs/openapi.yaml these were generated from.
-    public static let sourceSHA256 = "89fb401ca07b7ceb4d6d17b7c78e0ca62cd4bbd0742a376e1274815fb95532fc"
+    public static let sourceSHA256 = "02a8538207679bb41d247eb237e2a4c387c70f0322057aa66f023bcad58fd9c7"
 
     /// docs/openapi/pos-gateway.yaml
     public static let pos = #"""
@@ -867,6 +867,9 @@ components:
           type: string
         instance:
           type: string
+        detail:
+          type: string
+          description: What the health check found when it is worth saying (for a stage with a database, its connections).
 
 """#
 
@@ -1587,6 +1590,9 @@ components:
           type: string
         instance:
           type: string
+        detail:
+          type: string
+          description: What the health check found when it is worth saying (for a stage with a database, its connections).
 
 """#
 }

@@ -184,6 +184,15 @@ extension Duration {
     }
 }
 
+/// What `GET /healthz` answers (docs/openapi.yaml, `Health`): `detail` says what the health check found,
+/// e.g. the database pool's connections.
+struct HealthBody: Encodable {
+    let status: String
+    let service: String
+    let instance: String
+    let detail: String?
+}
+
 /// The HTTP endpoint every service has: `GET /healthz` and `GET /metrics`; gateways add their API.
 enum HTTPService {
     /// The TLS configuration from the PEM files, or a clear error before anything starts.
@@ -208,10 +217,14 @@ enum HTTPService {
         router.add(middleware: MetricsMiddleware())
         router.get("healthz") { _, _ -> Response in
             let healthy = runtime.state.healthy && !runtime.state.draining
-            let body = "{\"status\":\"\(healthy ? "ok" : "unavailable")\",\"service\":\"\(runtime.config.service)\",\"instance\":\"\(runtime.config.instance)\"}"
+            let detail = runtime.state.draining ? "draining" : runtime.state.detail
+            let health = HealthBody(
+                status: healthy ? "ok" : "unavailable", service: runtime.config.service, instance: runtime.config.instance,
+                detail: detail.isEmpty ? nil : detail)
+            let body = (try? JSONEncoder().encode(health)).map { Array($0) } ?? Array("{\"status\":\"unavailable\"}".utf8)
             return Response(
                 status: healthy ? .ok : .serviceUnavailable, headers: [.contentType: "application/json"],
-                body: .init(byteBuffer: ByteBuffer(string: body)))
+                body: .init(byteBuffer: ByteBuffer(bytes: body)))
         }
         router.get("metrics") { _, _ -> Response in
             var buffer: [UInt8] = []

@@ -12,7 +12,7 @@ public final class Ledger: Sendable {
     let logger: Logger
 
     public init(conninfo: String, pins: PinHasher, batch: BatchSettings, logger: Logger) {
-        self.pool = PGPool(conninfo: conninfo, size: 4)
+        self.pool = PGPool(conninfo: conninfo, size: 4, name: "ledger")
         self.pins = pins
         self.logger = logger
         self.engine = BatchEngine(conninfo: conninfo, pins: pins, settings: batch, logger: logger)
@@ -23,7 +23,7 @@ public final class Ledger: Sendable {
         try await pgRetryingUntilReachable(timeout: timeout, onRetry: { error in
             logger.warning("database not reachable yet; retrying", metadata: ["error": "\(error)"])
         }) {
-            try await pool.run { try LedgerSchema.migrate($0) }
+            try await pool.blocking { try LedgerSchema.migrate($0) }
         }
     }
 
@@ -104,21 +104,23 @@ public final class Ledger: Sendable {
         do {
             // One use of one pooled connection for the insert and the read-back: a call refused for want of a
             // connection (503 database_busy) is refused before it has changed anything.
-            outcome = try await pool.run { db in
-                let inserted = try db.query(
+            // Both statements in one pipeline: the read-back sees the insert (or the row that was there).
+            let rows = try await pool.pipeline([
+                PGStatement(
                     """
                     INSERT INTO ledger.accounts (id, kind, currency, name, owner_id, pin_hash)
                     VALUES ($1, $2, $3, $4, $5, decode($6, 'hex')) ON CONFLICT (id) DO NOTHING RETURNING id
                     """,
-                    [request.accountId, String(request.kind.rawValue), request.currency, name, owner, pinHash]
-                ).count == 1
-                let stored = try db.query(
+                    [request.accountId, String(request.kind.rawValue), request.currency, name, owner, pinHash]),
+                PGStatement(
                     """
                     SELECT id, kind, currency, name, credits - debits, locked, owner_id, encode(pin_hash, 'hex')
                     FROM ledger.accounts WHERE id = $1
-                    """, [request.accountId])
-                return (inserted, stored.count == 1 ? stored.string(0, 6) : nil, stored.count == 1 ? stored.string(0, 7) : nil, stored)
-            }
+                    """, [request.accountId]),
+            ])
+            let inserted = try rows[0].get().count == 1
+            let stored = try rows[1].get()
+            outcome = (inserted, stored.count == 1 ? stored.string(0, 6) : nil, stored.count == 1 ? stored.string(0, 7) : nil, stored)
         } catch let error as PGError where error.isUniqueViolation {
             return .error(.conflict, "owner_has_account", "owner \(owner ?? "") already has an account")
         }
@@ -142,9 +144,8 @@ public final class Ledger: Sendable {
 
     func show(_ id: String) async throws -> AccountInfo? {
         guard LedgerLimits.isValidId(id) else { return nil }
-        let rows = try await pool.run { db in
-            try db.query("SELECT id, kind, currency, name, credits - debits, locked FROM ledger.accounts WHERE id = $1", [id])
-        }
+        let rows = try await pool.query(
+            "SELECT id, kind, currency, name, credits - debits, locked FROM ledger.accounts WHERE id = $1", [id])
         return Self.accountInfo(rows, id: id)
     }
 
@@ -159,14 +160,12 @@ public final class Ledger: Sendable {
     /// The payment transfer posted for a payment request, if any (`payment.lookup`: the router's recovery).
     func payment(forRequest requestId: String) async throws -> PaymentRecord? {
         guard LedgerLimits.isValidId(requestId) else { return nil }
-        let rows = try await pool.run { db in
-            try db.query(
-                """
-                SELECT id, debit_account_id, credit_account_id, amount, currency,
-                    (extract(epoch FROM posted_at) * 1000)::bigint
-                FROM ledger.transfers WHERE payment_request_id = $1 AND kind = 1
-                """, [requestId])
-        }
+        let rows = try await pool.query(
+            """
+            SELECT id, debit_account_id, credit_account_id, amount, currency,
+                (extract(epoch FROM posted_at) * 1000)::bigint
+            FROM ledger.transfers WHERE payment_request_id = $1 AND kind = 1
+            """, [requestId])
         guard rows.count == 1, let id = rows.string(0, 0), let debit = rows.string(0, 1), let credit = rows.string(0, 2),
             let amount = rows.int64(0, 3), let currency = rows.string(0, 4), let posted = rows.int64(0, 5)
         else { return nil }
@@ -179,9 +178,7 @@ public final class Ledger: Sendable {
         guard let info = try await show(id) else { return .error(.notFound, "account_not_found", "no account \(id)") }
         guard info.kind == .wallet else { return .error(.conflict, "not_a_wallet", "account \(id) is not a wallet") }
         // Through the batch engine's lock order would be ideal; a single-row update is safe on its own.
-        _ = try await pool.run { db in
-            try db.query("UPDATE ledger.accounts SET locked = false, pin_failures = 0 WHERE id = $1", [id])
-        }
+        try await pool.query("UPDATE ledger.accounts SET locked = false, pin_failures = 0 WHERE id = $1", [id])
         logger.notice("wallet unlocked", metadata: ["account.id": "\(id)"])
         return .ok(try await show(id) ?? info)
     }
@@ -250,26 +247,22 @@ public final class Ledger: Sendable {
                 """
             ),
         ]
-        return try await pool.run { db in
-            // One snapshot for every check.
-            try db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            defer { try? db.execute("COMMIT") }
-            return ReconcileReport(
-                checks: try checks.map { name, sql in
-                    let offending = try db.query(sql).rows.compactMap { $0[0] }
-                    return ReconcileCheck(name: name, ok: offending.isEmpty, offending: offending)
-                })
-        }
+        // One snapshot for every check: one pipeline in one read-only transaction.
+        let statements =
+            [PGStatement("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", prepared: false)]
+            + checks.map { PGStatement($0.1) } + [.commit]
+        let rows = try await pool.withSession { try await $0.pipelineAll(statements) }
+        return ReconcileReport(
+            checks: checks.enumerated().map { index, check in
+                let offending = rows[index + 1].rows.compactMap { $0[0] }
+                return ReconcileCheck(name: check.0, ok: offending.isEmpty, offending: offending)
+            })
     }
 
-    /// Healthy when the database answers.
+    /// Healthy when the database answers and no pooled connection is waiting to reconnect.
     public func healthCheck() async -> (Bool, String) {
-        do {
-            _ = try await pool.run { try $0.query("SELECT 1") }
-            return (true, "batch queue \(engine.queued)")
-        } catch {
-            return (false, "database: \(error)")
-        }
+        let (healthy, detail) = await pgHealthCheck(pool)
+        return (healthy, "\(detail); batch queue \(engine.queued)")
     }
 
     public func stop() { engine.stop() }

@@ -35,7 +35,7 @@ public final class Notifier: Sendable {
         conninfo: String, logger: Logger, poolSize: Int = 8, acquireTimeout: Duration = .seconds(5),
         publish: @escaping Publish
     ) {
-        self.pool = PGPool(conninfo: conninfo, size: poolSize, acquireTimeout: acquireTimeout)
+        self.pool = PGPool(conninfo: conninfo, size: poolSize, name: "notifier", acquireTimeout: acquireTimeout)
         self.logger = logger
         self.publish = publish
         var counters: [String: Counter] = [:]
@@ -48,7 +48,7 @@ public final class Notifier: Sendable {
         try await pgRetryingUntilReachable(timeout: timeout, onRetry: { error in
             logger.warning("database not reachable yet; retrying", metadata: ["error": "\(error)"])
         }) {
-            try await pool.run { try NotifierSchema.migrate($0) }
+            try await pool.blocking { try NotifierSchema.migrate($0) }
         }
     }
 
@@ -174,55 +174,58 @@ public final class Notifier: Sendable {
     func store(_ outcomes: [OutcomePublished]) async throws -> [Stored] {
         var seen = Set<Int64>()
         let unique = outcomes.filter { seen.insert($0.outboxSeq).inserted }.sorted { $0.outboxSeq < $1.outboxSeq }
-        return try await pool.run { db in
-            try db.transaction { db -> [Stored] in
-                let consumed = try db.query(
+        return try await pool.withSession { db in
+            let consumed = try await db.pipelineAll([
+                .begin,
+                PGStatement(
                     """
                     INSERT INTO notifier.consumed (outbox_seq) SELECT s FROM unnest($1::bigint[]) AS t(s) ORDER BY s
                     ON CONFLICT DO NOTHING RETURNING outbox_seq
-                    """, [PGArray.int64(unique.map(\.outboxSeq))])
-                let fresh = Set(consumed.rows.compactMap { $0[0].flatMap { Int64($0) } })
-                guard !fresh.isEmpty else { return [] }
-                // The notices to store, in outbox order, and how many each recipient gets.
-                var planned: [(OutcomePublished, Planned)] = []
-                var counts: [String: Int64] = [:]
-                for outcome in unique where fresh.contains(outcome.outboxSeq) {
-                    for plan in Self.recipients(outcome) {
-                        planned.append((outcome, plan))
-                        counts[plan.recipient, default: 0] += 1
-                    }
+                    """, [PGArray.int64(unique.map(\.outboxSeq))]),
+            ])[1]
+            let fresh = Set(consumed.rows.compactMap { $0[0].flatMap { Int64($0) } })
+            guard !fresh.isEmpty else { return [] }  // nothing written: the session rolls back
+            // The notices to store, in outbox order, and how many each recipient gets.
+            var planned: [(OutcomePublished, Planned)] = []
+            var counts: [String: Int64] = [:]
+            for outcome in unique where fresh.contains(outcome.outboxSeq) {
+                for plan in Self.recipients(outcome) {
+                    planned.append((outcome, plan))
+                    counts[plan.recipient, default: 0] += 1
                 }
-                let recipients = counts.keys.sorted()
-                let heads = try db.query(
-                    """
-                    INSERT INTO notifier.heads (recipient, seq)
-                    SELECT r, n FROM unnest($1::text[], $2::bigint[]) AS t(r, n) ORDER BY r
-                    ON CONFLICT (recipient) DO UPDATE SET seq = notifier.heads.seq + excluded.seq RETURNING recipient, seq
-                    """, [PGArray.text(recipients), PGArray.int64(recipients.map { counts[$0] ?? 0 })])
-                // The next seq per recipient: its new head minus its count, plus one.
-                var next: [String: Int64] = [:]
-                for row in heads.rows {
-                    guard let recipient = row[0], let head = row[1].flatMap({ Int64($0) }), let count = counts[recipient] else {
-                        continue
-                    }
-                    next[recipient] = head - count + 1
+            }
+            let recipients = counts.keys.sorted()
+            let heads = try await db.query(
+                """
+                INSERT INTO notifier.heads (recipient, seq)
+                SELECT r, n FROM unnest($1::text[], $2::bigint[]) AS t(r, n) ORDER BY r
+                ON CONFLICT (recipient) DO UPDATE SET seq = notifier.heads.seq + excluded.seq RETURNING recipient, seq
+                """, [PGArray.text(recipients), PGArray.int64(recipients.map { counts[$0] ?? 0 })])
+            // The next seq per recipient: its new head minus its count, plus one.
+            var next: [String: Int64] = [:]
+            for row in heads.rows {
+                guard let recipient = row[0], let head = row[1].flatMap({ Int64($0) }), let count = counts[recipient] else {
+                    continue
                 }
-                guard next.count == recipients.count else {
-                    throw PGError(sqlState: "XX000", message: "no sequence allocated", context: "notifier.heads")
-                }
-                var out: [Stored] = []
-                out.reserveCapacity(planned.count)
-                for (outcome, plan) in planned {
-                    guard let seq = next[plan.recipient] else { continue }
-                    next[plan.recipient] = seq + 1
-                    let notice = NoticeDelivered(
-                        recipient: plan.recipient, seq: seq, eventType: plan.eventType,
-                        dataJSON: NoticeData.json(
-                            outcome, seq: seq, forTerminal: plan.forTerminal, eventType: plan.eventType, status: plan.status),
-                        atMillis: outcome.atMillis)
-                    out.append(Stored(topic: plan.topic, notice: notice, outboxSeq: outcome.outboxSeq))
-                }
-                try db.query(
+                next[recipient] = head - count + 1
+            }
+            guard next.count == recipients.count else {
+                throw PGError(sqlState: "XX000", message: "no sequence allocated", context: "notifier.heads")
+            }
+            var out: [Stored] = []
+            out.reserveCapacity(planned.count)
+            for (outcome, plan) in planned {
+                guard let seq = next[plan.recipient] else { continue }
+                next[plan.recipient] = seq + 1
+                let notice = NoticeDelivered(
+                    recipient: plan.recipient, seq: seq, eventType: plan.eventType,
+                    dataJSON: NoticeData.json(
+                        outcome, seq: seq, forTerminal: plan.forTerminal, eventType: plan.eventType, status: plan.status),
+                    atMillis: outcome.atMillis)
+                out.append(Stored(topic: plan.topic, notice: notice, outboxSeq: outcome.outboxSeq))
+            }
+            try await db.pipelineAll([
+                PGStatement(
                     """
                     INSERT INTO notifier.notices (recipient, seq, event_type, data, at, outbox_seq)
                     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
@@ -231,9 +234,10 @@ public final class Notifier: Sendable {
                         PGArray.text(out.map(\.notice.recipient)), PGArray.int64(out.map(\.notice.seq)),
                         PGArray.text(out.map(\.notice.eventType)), PGArray.text(out.map(\.notice.dataJSON)),
                         PGArray.int64(out.map(\.notice.atMillis)), PGArray.int64(out.map(\.outboxSeq)),
-                    ])
-                return out
-            }
+                    ]),
+                .commit,
+            ])
+            return out
         }
     }
 
@@ -252,13 +256,11 @@ public final class Notifier: Sendable {
             return .error(.badRequest, "limit_too_large", "a replay returns at most \(Self.maxReplayLimit) notices")
         }
         guard request.limit > 0 else { return .ok(NoticeBatch(notices: [])) }
-        let rows = try await pool.run { db in
-            try db.query(
-                """
-                SELECT seq, event_type, data, at FROM notifier.notices
-                WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3
-                """, [request.recipient, String(request.afterSeq), String(request.limit)])
-        }
+        let rows = try await pool.query(
+            """
+            SELECT seq, event_type, data, at FROM notifier.notices
+            WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3
+            """, [request.recipient, String(request.afterSeq), String(request.limit)])
         var notices: [NoticeDelivered] = []
         notices.reserveCapacity(rows.count)
         for row in 0..<rows.count {
@@ -271,20 +273,13 @@ public final class Notifier: Sendable {
     }
 
     func head(_ recipient: String) async throws -> Int64 {
-        let rows = try await pool.run { db in
-            try db.query("SELECT seq FROM notifier.heads WHERE recipient = $1", [recipient])
-        }
+        let rows = try await pool.query("SELECT seq FROM notifier.heads WHERE recipient = $1", [recipient])
         return rows.count == 1 ? rows.int64(0, 0) ?? 0 : 0
     }
 
-    /// Healthy when the database answers.
+    /// Healthy when the database answers and no pooled connection is waiting to reconnect.
     public func healthCheck() async -> (Bool, String) {
-        do {
-            _ = try await pool.run { try $0.query("SELECT 1") }
-            return (true, "")
-        } catch {
-            return (false, "database: \(error)")
-        }
+        await pgHealthCheck(pool)
     }
 }
 

@@ -2,46 +2,13 @@ import Foundation
 import Postgres
 import WiPayBus
 
-/// The router's connections. Like `PGPool` (each connection used on its own thread, so blocking libpq
-/// calls never block Swift's cooperative pool) but a caller can also hold one connection across `await`s:
-/// the instruction's transaction keeps the request row locked while the ledger is asked.
+/// The router's connections: the shared `PGPool` (one event loop for every connection, pipelined and
+/// prepared statements, bounded waits, reconnect with back-off), plus what the router's transactions add:
+/// a `BEGIN` that travels with the transaction's first statement and a `COMMIT` with its last, so a
+/// transaction costs no round trips of its own. A caller may hold one connection across `await`s: the
+/// instruction's transaction keeps the request row locked while the ledger is asked.
 final class RouterDatabase: Sendable {
-    final class Slot: @unchecked Sendable {
-        // Touched only on `queue`.
-        let queue: DispatchQueue
-        var connection: PGConnection?
-        let conninfo: String
-        /// Where the leased connection's transaction is: `BEGIN` is sent with the first statement, and
-        /// `COMMIT` may go with the last one, so a transaction costs no round trips of its own.
-        let transaction = Locked(TransactionState.none)
-        /// The statements prepared on `connection`: SQL text → statement name. Touched only on `queue`.
-        var prepared: [String: String] = [:]
-        static let maxPrepared = 64
-
-        init(index: Int, conninfo: String) {
-            queue = DispatchQueue(label: "router-pg-\(index)")
-            self.conninfo = conninfo
-        }
-
-        /// Runs `sql` as a prepared statement (prepared on first use; the router's statements are a small,
-        /// fixed set, so the server parses and plans each once per connection instead of every time).
-        func query(_ connection: PGConnection, _ sql: String, _ parameters: [String?]) throws -> PGRows {
-            if let name = prepared[sql] { return try connection.queryPrepared(name, parameters, sql: sql) }
-            guard prepared.count < Self.maxPrepared else { return try connection.query(sql, parameters) }
-            let name = "router_\(prepared.count + 1)"
-            try connection.prepare(name, sql)
-            prepared[sql] = name
-            return try connection.queryPrepared(name, parameters, sql: sql)
-        }
-    }
-
-    enum TransactionState: Sendable, Equatable {
-        case none
-        /// `transaction` began; `BEGIN` goes before the next statement, after the prelude (a statement that
-        /// commits on its own first) when there is one.
-        case pending(prelude: Statement?)
-        case open
-    }
+    let pool: PGPool
 
     struct Statement: Sendable, Equatable {
         let sql: String
@@ -50,100 +17,105 @@ final class RouterDatabase: Sendable {
 
     /// One leased connection; valid inside `withLease`/`transaction` only.
     struct Lease: Sendable {
-        let slot: Slot
+        let session: PGSession
+        /// Where the transaction is: `BEGIN` is sent with the first statement, and `COMMIT` may go with the
+        /// last one.
+        let transaction = Locked(TransactionState.none)
 
-        /// Runs `body` with the connection on its own thread (after a pending `BEGIN`).
-        func run<T: Sendable>(_ body: @escaping @Sendable (PGConnection) throws -> T) async throws -> T {
-            let slot = self.slot
-            return try await withCheckedThrowingContinuation { continuation in
-                slot.queue.async {
-                    do {
-                        if let connection = slot.connection {
-                            // A reset connection is a new session: its prepared statements are gone.
-                            if !connection.isHealthy { slot.prepared = [:] }
-                            try connection.ensureConnected()
-                        } else {
-                            slot.prepared = [:]
-                            slot.connection = try PGConnection(conninfo: slot.conninfo)
-                        }
-                        guard let connection = slot.connection else {
-                            throw PGError(sqlState: "08003", message: "no connection", context: "router pool")
-                        }
-                        if case .pending(let prelude) = slot.transaction.withLock({ $0 }) {
-                            if let prelude { _ = try slot.query(connection, prelude.sql, prelude.parameters) }
-                            try connection.execute("BEGIN")
-                            slot.transaction.withLock { $0 = .open }
-                        }
-                        continuation.resume(returning: try body(connection))
-                    } catch {
-                        if let error = error as? PGError, error.isConnectionError {
-                            slot.connection = nil
-                            slot.transaction.withLock { if $0 == .open { $0 = .none } }
-                        }
-                        continuation.resume(throwing: error)
-                    }
+        enum TransactionState: Sendable, Equatable {
+            case none
+            /// `transaction` began; `BEGIN` goes before the next statement, after the prelude (a statement
+            /// that commits on its own first) when there is one.
+            case pending(prelude: Statement?)
+            case open
+        }
+
+        /// Runs `statements` as one pipeline (after a pending `BEGIN`): one result each, in order.
+        func pipeline(_ statements: [PGStatement]) async throws -> [Result<PGRows, PGError>] {
+            let opening = takePendingBegin()
+            let results = try await session.pipeline(opening + statements)
+            guard !opening.isEmpty else { return results }
+            // The prelude and BEGIN must have run for the rest to mean anything.
+            for result in results.prefix(opening.count) {
+                if case .failure(let error) = result {
+                    transaction.withLock { $0 = .none }
+                    throw error
                 }
             }
+            transaction.withLock { $0 = .open }
+            return Array(results.dropFirst(opening.count))
         }
 
         @discardableResult
         func query(_ sql: String, _ parameters: [String?] = []) async throws -> PGRows {
-            let slot = self.slot
-            return try await run { try slot.query($0, sql, parameters) }
+            try await only(pipeline([PGStatement(sql, parameters)]))
         }
 
-        /// The last statement of a `transaction`, and its `COMMIT`, in one trip to the connection's thread
-        /// (`setting`, e.g. `SET LOCAL …`, first when given).
+        /// The last statement of a `transaction`, and its `COMMIT`, in one round trip (`setting`, e.g.
+        /// `SET LOCAL …`, first when given).
         @discardableResult
         func queryAndCommit(_ sql: String, _ parameters: [String?] = [], setting: String? = nil) async throws -> PGRows {
-            let slot = self.slot
-            return try await run { connection in
-                if let setting { try connection.execute(setting) }
-                let rows = try slot.query(connection, sql, parameters)
-                if slot.transaction.withLock({ $0 }) == .open {
-                    try connection.execute("COMMIT")
-                    slot.transaction.withLock { $0 = .none }
-                }
-                return rows
-            }
+            var statements: [PGStatement] = []
+            if let setting { statements.append(PGStatement(setting, prepared: false)) }
+            statements.append(PGStatement(sql, parameters))
+            let committing = transaction.withLock { $0 } != .none
+            if committing { statements.append(.commit) }
+            let results = try await pipeline(statements)
+            let rows = try results.allRows()
+            if committing { transaction.withLock { $0 = .none } }
+            return rows[setting == nil ? 0 : 1]
         }
 
         /// Commits the open transaction now (nothing when none is open).
         func commit() async throws {
-            let slot = self.slot
-            switch slot.transaction.withLock({ $0 }) {
+            switch transaction.withLock({ $0 }) {
             case .none: return
             case .pending(let prelude):
-                slot.transaction.withLock { $0 = .none }
-                if let prelude { try await run { _ = try slot.query($0, prelude.sql, prelude.parameters) } }
+                transaction.withLock { $0 = .none }
+                if let prelude { try await only(session.pipeline([PGStatement(prelude.sql, prelude.parameters)])) }
             case .open:
-                try await run { connection in
-                    try connection.execute("COMMIT")
-                    slot.transaction.withLock { $0 = .none }
-                }
+                try await only(session.pipeline([.commit]))
+                transaction.withLock { $0 = .none }
             }
+        }
+
+        /// Rolls back an open or aborted transaction (nothing when none is open).
+        func rollbackIfNeeded() async {
+            transaction.withLock { if $0 == .open { $0 = .none } }
+            await session.rollbackIfNeeded()
+        }
+
+        /// The prelude and `BEGIN` still to send, if the transaction is pending.
+        private func takePendingBegin() -> [PGStatement] {
+            guard case .pending(let prelude) = transaction.withLock({ $0 }) else { return [] }
+            var statements: [PGStatement] = []
+            if let prelude { statements.append(PGStatement(prelude.sql, prelude.parameters)) }
+            statements.append(.begin)
+            return statements
+        }
+
+        @discardableResult
+        private func only(_ results: [Result<PGRows, PGError>]) throws -> PGRows {
+            guard let first = results.first else {
+                throw PGError(sqlState: "08P01", message: "no result for a statement", context: "router")
+            }
+            return try first.get()
         }
     }
 
-    private let slots: [Slot]
-    /// Bounded: at most `maxWaiters` callers wait for a connection, each at most `acquireTimeout`, then
-    /// `PGError.poolBusy` (answered `503 database_busy`).
-    private let queue: PGSlotQueue
-
+    /// `size` connections. Bounded: at most `maxWaiters` callers wait for one, each at most
+    /// `acquireTimeout`, then `PGError.poolBusy` (answered `503 database_busy`).
     init(conninfo: String, size: Int, maxWaiters: Int = 1024, acquireTimeout: Duration = .seconds(5)) {
-        let size = max(1, size)
-        slots = (0..<size).map { Slot(index: $0, conninfo: conninfo) }
-        queue = PGSlotQueue(size: size, maxWaiters: maxWaiters, acquireTimeout: acquireTimeout)
+        pool = PGPool(
+            conninfo: conninfo, size: size, name: "payment-router", maxWaiters: maxWaiters, acquireTimeout: acquireTimeout)
     }
 
     /// Callers waiting for a connection now.
-    var waiting: Int { queue.waiting }
+    var waiting: Int { pool.waiting }
 
-    /// Leases a connection (reconnecting a lost one) for `body`, then gives it back.
+    /// Leases a connection for `body`, then gives it back (a transaction left open is rolled back).
     func withLease<T: Sendable>(_ body: (Lease) async throws -> T) async throws -> T {
-        let index = try await queue.acquire()
-        defer { queue.release(index) }
-        return try await body(Lease(slot: slots[index]))
+        try await pool.withSession { try await body(Lease(session: $0)) }
     }
 
     /// `BEGIN`, `body`, `COMMIT` on one leased connection; `ROLLBACK` when `body` throws. `BEGIN` travels
@@ -154,19 +126,13 @@ final class RouterDatabase: Sendable {
     /// attempt row), sent in the same trip as `BEGIN` and the first statement.
     func transaction<T: Sendable>(prelude: Statement? = nil, _ body: (Lease) async throws -> T) async throws -> T {
         try await withLease { lease in
-            lease.slot.transaction.withLock { $0 = .pending(prelude: prelude) }
+            lease.transaction.withLock { $0 = .pending(prelude: prelude) }
             do {
                 let value = try await body(lease)
                 try await lease.commit()
                 return value
             } catch {
-                let state = lease.slot.transaction.withLock { state -> TransactionState in
-                    defer { state = .none }
-                    return state
-                }
-                if state == .open {
-                    _ = try? await lease.run { try $0.execute("ROLLBACK") }
-                }
+                await lease.rollbackIfNeeded()
                 throw error
             }
         }
@@ -175,9 +141,8 @@ final class RouterDatabase: Sendable {
     /// One statement on any connection.
     @discardableResult
     func query(_ sql: String, _ parameters: [String?] = []) async throws -> PGRows {
-        try await withLease { try await $0.query(sql, parameters) }
+        try await pool.query(sql, parameters)
     }
-
 }
 
 /// Wakes a waiting loop early (the outbox relay after a commit that inserted rows). A ring while nobody

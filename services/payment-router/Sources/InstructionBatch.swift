@@ -33,7 +33,7 @@ extension PaymentRouter {
         // 1. The lookups, read-only (a failed one sends the whole batch alone: nothing was written yet).
         let now = unixMillis()
         let lookups = checked.map { PGStatement(Self.instructionBatchLookupSQL, $0.item.batchLookupParameters) }
-        let found = try await lease.run { try $0.pipeline(lookups) }
+        let found = try await lease.pipeline(lookups)
         var lookedUp: [PGRows] = []
         for result in found {
             guard case .success(let rows) = result, rows.count == 1 else { return [] }
@@ -79,9 +79,9 @@ extension PaymentRouter {
             "SELECT \(RequestRow.columns) FROM \(RequestRow.from) WHERE r.id = ANY($1::text[]) ORDER BY r.id FOR UPDATE OF r",
             [PGArray.text(proceeding.map(\.request.id))])
         let statements = [.begin] + signatures + attempts + [.commit] + (proceeding.isEmpty ? [] : [.begin, lock])
-        let second = try await lease.run { try $0.pipeline(statements) }
+        let second = try await lease.pipeline(statements)
         guard second.allSatisfy({ if case .success = $0 { true } else { false } }) else {
-            _ = try? await lease.run { $0.rollbackIfNeeded() }
+            await lease.rollbackIfNeeded()
             return answered.filter { answer in !newSignatures.contains { $0.index == answer.0 } }
         }
         // A signature another instruction remembered first (a replay racing its original): refused, and its
@@ -105,7 +105,7 @@ extension PaymentRouter {
             proceeding.removeAll { replayed.contains($0.index) }
         }
         guard !proceeding.isEmpty, case .success(let lockedRows)? = second.last else {
-            _ = try? await lease.run { $0.rollbackIfNeeded() }
+            await lease.rollbackIfNeeded()
             return answered
         }
         do {
@@ -150,11 +150,11 @@ extension PaymentRouter {
                 writes.append(PGStatement(sql, parameters))
             }
             let statements = writes + [.commit]
-            let written = try await lease.run { try $0.pipeline(statements) }
+            let written = try await lease.pipeline(statements)
             guard written.allSatisfy({ if case .success = $0 { true } else { false } }) else {
                 // Nothing of this trip committed: the settled instructions go alone (their transfers are
                 // posted: the ledger answers `exists`).
-                _ = try? await lease.run { $0.rollbackIfNeeded() }
+                await lease.rollbackIfNeeded()
                 logger.warning("instruction batch outcomes did not commit; they go one by one", metadata: ["count": "\(order.count)"])
                 return answered
             }
@@ -166,7 +166,7 @@ extension PaymentRouter {
             }
             return answered
         } catch {
-            _ = try? await lease.run { $0.rollbackIfNeeded() }
+            await lease.rollbackIfNeeded()
             throw error
         }
     }

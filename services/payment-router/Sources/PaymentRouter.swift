@@ -64,18 +64,13 @@ public final class PaymentRouter: Sendable {
         try await pgRetryingUntilReachable(timeout: timeout, onRetry: { error in
             logger.warning("database not reachable yet; retrying", metadata: ["error": "\(error)"])
         }) {
-            try await db.withLease { lease in try await lease.run { try RouterSchema.migrate($0) } }
+            try await db.pool.blocking { try RouterSchema.migrate($0) }
         }
     }
 
-    /// Healthy when the database answers.
+    /// Healthy when the database answers and no pooled connection is waiting to reconnect.
     public func healthCheck() async -> (Bool, String) {
-        do {
-            _ = try await db.query("SELECT 1")
-            return (true, "")
-        } catch {
-            return (false, "database: \(error)")
-        }
+        await pgHealthCheck(db.pool)
     }
 
     public func handle(_ message: BusMessage) async -> BusReply {

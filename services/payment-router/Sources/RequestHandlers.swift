@@ -148,7 +148,7 @@ extension PaymentRouter {
         let lookups = checked.map {
             PGStatement(Self.createLookupSQL, [$0.item.create.terminalId, $0.item.create.merchantId, $0.item.key])
         }
-        let found = try await lease.run { try $0.pipeline(lookups) }
+        let found = try await lease.pipeline(lookups)
         var answered: [(Int, BusReply)] = []
         var inserts: [(index: Int, item: CheckedCreate, statement: PGStatement, requestId: String)] = []
         for ((index, item), result) in zip(checked, found) {
@@ -165,7 +165,7 @@ extension PaymentRouter {
         guard !inserts.isEmpty else { return answered }
         // One implicit transaction: all inserts commit at the sync, or none does.
         let statements = inserts.map(\.statement)
-        let written = try await lease.run { try $0.pipeline(statements) }
+        let written = try await lease.pipeline(statements)
         guard written.allSatisfy({ if case .success = $0 { true } else { false } }) else { return answered }
         for (insert, result) in zip(inserts, written) {
             guard case .success(let rows) = result, rows.count == 1 else { continue }
