@@ -12,7 +12,8 @@
 #        MERCHANTS (8), TERMINALS per merchant (4), WALLETS (64),
 #        ROUTERS, LEDGERS, NOTIFIERS (instances of each, default 1),
 #        EXTRA_RATE (a third run at this rate, e.g. one the system sustains), KEEP_LOGS=1,
-#        PGSS=1 (load pg_stat_statements and print the statements that cost PostgreSQL most, per run).
+#        PGSS=1 (load pg_stat_statements and print the statements that cost PostgreSQL most, per run),
+#        BIN_DIR (run the executables of another build instead of building this checkout in release).
 # Each run also prints the router's batch sizes and the services' CPU per complete payment against the
 # Ed25519 floor (paybench crypto-floor, measured at the start).
 set -euo pipefail
@@ -42,8 +43,14 @@ NOTIFIERS="${NOTIFIERS:-1}"
 say() { printf '\n== %s\n' "$*"; }
 
 ops/scripts/deps.sh
-swift build -c release >/dev/null
-BIN="$(swift build -c release --show-bin-path)"
+if [[ -n "${BIN_DIR:-}" ]]; then
+    # Another build's executables (an A/B against an earlier commit, say), with this checkout's script.
+    BIN="$BIN_DIR"
+    [[ -x "$BIN/payment-router" ]] || { echo "BIN_DIR=$BIN holds no payment-router" >&2; exit 2; }
+else
+    swift build -c release >/dev/null
+    BIN="$(swift build -c release --show-bin-path)"
+fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/wipay-bench-e2e.XXXXXX")"
 [[ $(id -u) -eq 0 ]] && chown postgres:postgres "$work"
