@@ -472,7 +472,7 @@ enum E2EFaultMoments {
 // MARK: - the suite
 
 @Suite(
-    "Fault tests: kill -9 and rolling restarts under payment traffic", .e2eSystem(environment: E2EEnv.noRateLimits), .serialized,
+    "Fault tests: kill -9, rolling restarts and a PostgreSQL crash under payment traffic", .e2eSystem(environment: E2EEnv.noRateLimits), .serialized,
     .enabled(if: E2EEnv.ready && e2eFaultTestsEnabled))
 struct FaultE2ETests {
     @Test("kill -9 each stage in turn under traffic: no payment lost or doubled, notices exactly once", .timeLimit(.minutes(4)))
@@ -528,5 +528,81 @@ struct FaultE2ETests {
         }
         await run.steady(.seconds(2))
         try await run.finish(title: "rolling restart with payctl drain", strict: true, notes: notes)
+    }
+
+    @Test(
+        "PostgreSQL crashed (immediate shutdown) under traffic, started again: nothing lost, every stage reconnects by itself",
+        .timeLimit(.minutes(4)))
+    func postgresCrash() async throws {
+        guard let server = E2EOwnPostgres.fromEnvironment else {
+            // ops/scripts/test.sh always says which server is ours to crash; without it, crashing a server
+            // someone else may use is not ours to do.
+            if ProcessInfo.processInfo.environment["CI"] == "true" {
+                Issue.record("WIPAY_TEST_PG_DATADIR / WIPAY_TEST_PG_PORT are not set under CI=true: run it with make test-faults")
+            }
+            return
+        }
+        let run = try await E2EFaultRun.prepare()
+        run.traffic.start()
+        await run.steady(.seconds(2))
+        var notes: [String] = []
+        let before = run.traffic.succeeded
+        try await server.pgsh(["crash", server.directory])
+        let crashed = ContinuousClock.now
+        await run.steady(.seconds(5))
+        try await server.pgsh(["start", server.directory, String(server.port)])
+        let down = ContinuousClock.now - crashed
+        let atStart = run.traffic.succeeded
+        let resumed = await e2eWait(timeout: .seconds(30), interval: .milliseconds(100)) { run.traffic.succeeded > atStart + 5 }
+        let resumedAfter = ContinuousClock.now - crashed - down
+        if !resumed { Issue.record("payments did not resume within 30 s of PostgreSQL coming back") }
+        // Every stage is healthy again on its own: no restart, no stale pooled connection left behind.
+        var unhealthy: [String] = []
+        for service in ["ledger", "payment-router", "notifier"] {
+            for instance in run.cluster.instances(service) {
+                let healthy = await e2eWait(timeout: .seconds(10), interval: .milliseconds(100)) {
+                    guard let client = try? HTTPClient(
+                        baseURL: instance.url, timeouts: .init(connect: .seconds(1), response: .seconds(2)))
+                    else { return false }
+                    defer { client.close() }
+                    return (try? await client.get("/healthz"))?.status == 200
+                }
+                if !healthy { unhealthy.append("\(instance)") }
+            }
+        }
+        if !unhealthy.isEmpty { Issue.record("not healthy 10 s after payments resumed: \(unhealthy)") }
+        await run.steady(.seconds(3))
+        let seconds = { (d: Duration) in d.formatted(.units(allowed: [.seconds, .milliseconds], width: .narrow)) }
+        notes.append(
+            "PostgreSQL crashed (pg_ctl stop -m immediate) after \(before) payments, down for \(seconds(down)); "
+                + "payments resumed \(seconds(resumedAfter)) after it was back; every stage healthy again without a restart")
+        try await run.finish(title: "PostgreSQL crashed and started again", strict: false, notes: notes)
+    }
+}
+
+/// The test server that ops/scripts/test.sh started for this run (its data folder and port), which a fault
+/// test may crash and start again with ops/scripts/pg.sh.
+struct E2EOwnPostgres: Sendable {
+    let directory: String
+    let port: Int
+
+    static var fromEnvironment: E2EOwnPostgres? {
+        let env = ProcessInfo.processInfo.environment
+        guard let directory = env["WIPAY_TEST_PG_DATADIR"], !directory.isEmpty,
+            let port = env["WIPAY_TEST_PG_PORT"].flatMap(Int.init)
+        else { return nil }
+        return E2EOwnPostgres(directory: directory, port: port)
+    }
+
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("ops/scripts/pg.sh").path
+
+    /// Runs ops/scripts/pg.sh with `arguments` through system(3), which waits for its own child (the server
+    /// the script starts lives on, and Foundation's Process did not notice such a script's exit).
+    func pgsh(_ arguments: [String]) async throws {
+        let quoted = ([Self.script] + arguments).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+        let command = "/bin/bash \(quoted.joined(separator: " ")) </dev/null >/dev/null 2>&1"
+        let status = try await e2eBlocking { system(command) }
+        guard status == 0 else { throw E2EFailure("pg.sh \(arguments.joined(separator: " ")) failed (status \(status))") }
     }
 }

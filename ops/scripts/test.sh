@@ -165,6 +165,8 @@ done
 [[ -n "$port" ]] || die "could not start the test PostgreSQL (see $pgdir/log above)"
 
 export WIPAY_TEST_DATABASE_URL="host=127.0.0.1 port=$port dbname=wipay user=wipay"
+# The fault suite crashes and restarts this server (pg.sh crash / start): it is ours alone.
+export WIPAY_TEST_PG_DATADIR="$pgdir" WIPAY_TEST_PG_PORT="$port"
 say "WIPAY_TEST_DATABASE_URL=\"$WIPAY_TEST_DATABASE_URL\""
 
 say "swift build --build-tests"

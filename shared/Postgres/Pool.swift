@@ -406,9 +406,15 @@ final class PGLoopConnection: @unchecked Sendable {
         case .idle:
             if job != nil { startConnect(loop: loop, now: now, &done) }
         case .down(let retryAt):
-            if now >= retryAt, job != nil || generation > 0 { startConnect(loop: loop, now: now, &done) }
+            // A connection that was wanted once is kept up: retried in the background, so that health
+            // reports the truth and the next caller finds it ready.
+            if now >= retryAt { startConnect(loop: loop, now: now, &done) }
         case .connecting(_, let deadline):
-            if now >= deadline { connectFailed("no connection within \(loop.connectTimeout)", now: now, &done) }
+            if now >= deadline {
+                connectFailed("no connection within \(loop.connectTimeout)", now: now, &done)
+            } else if let conn, PQsocket(conn) < 0 || PQstatus(conn) == CONNECTION_BAD {
+                connectFailed(Self.message(conn), now: now, &done)  // nothing to wait on: it has failed
+            }
         case .ready:
             if reader != nil, now - lastProgress > Self.silenceLimit {
                 lost("no answer from the server for \(Self.silenceLimit)", now: now, &done)
@@ -422,7 +428,7 @@ final class PGLoopConnection: @unchecked Sendable {
     var deadline: ContinuousClock.Instant? {
         switch phase {
         case .idle, .ready: return reader != nil ? lastProgress + Self.silenceLimit : nil
-        case .down(let retryAt): return job != nil || generation > 0 ? retryAt : nil
+        case .down(let retryAt): return retryAt
         case .connecting(_, let deadline): return deadline
         }
     }
