@@ -14,7 +14,7 @@ run: ## build, then run every service locally (var/), supervised; WIPAY_SCALE=pa
 test: ## build and run the tests against a throwaway PostgreSQL; TEST_ARGS="--filter X"
 	bash ops/scripts/test.sh
 
-test-faults: ## the crash-safety fault suite (kill -9, payctl drain and a PostgreSQL crash under payment traffic, ~4 min), then its report
+test-faults: ## the crash-safety fault suite (kill -9 of stages and broker, payctl drain, a PostgreSQL crash, under payment traffic; ~4 min), then its report
 	@rm -f "$${TMPDIR:-/tmp}/wipay-fault-report.txt"
 	@rc=0; WIPAY_FAULT_TESTS=1 bash ops/scripts/test.sh --filter FaultE2ETests || rc=$$?; \
 	report="$${TMPDIR:-/tmp}/wipay-fault-report.txt"; \

@@ -204,6 +204,27 @@ final class E2EFaultCluster: Sendable {
         return caught
     }
 
+    /// kill -9 of the bus broker; after `down`, a new broker with the same settings and ports, waited for
+    /// until its /healthz answers. The stages and gateways are not touched: they must rejoin by themselves.
+    func killAndRestartBroker(down: Duration) async throws {
+        guard let child = system.children.value.last(where: { $0.name == "bus" && $0.isRunning }) else {
+            throw E2EFailure("the bus broker is not running")
+        }
+        child.signal(SIGKILL)
+        guard await child.waitForExit(timeout: .seconds(10)) != nil else { throw E2EFailure("the bus broker survived kill -9") }
+        let round = actions.withLock { actions -> Int in
+            actions.kills["bus", default: 0] += 1
+            return actions.kills["bus", default: 0]
+        }
+        try? await Task.sleep(for: down)
+        let fresh = try E2EChild(
+            name: "bus", executable: system.bin.appendingPathComponent("bus"), environment: system.environment(for: "bus"),
+            logPath: "\(system.dir)/bus-restarted-\(round).log")
+        system.children.withLock { $0.append(fresh) }
+        try await system.waitHealthy("bus", child: fresh, timeout: .seconds(20))
+        actions.withLock { $0.restarts["bus", default: 0] += 1 }
+    }
+
     /// A new process for a killed instance: the same instance id, port and settings.
     func restart(_ instance: E2EFaultInstance) async throws {
         try await launch(instance)

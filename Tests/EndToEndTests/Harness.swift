@@ -463,7 +463,7 @@ final class E2ESystem: Sendable {
         if !routerUp { throw E2EFailure("the payment-router does not answer on the bus") }
     }
 
-    private func waitHealthy(_ service: String, child: E2EChild, timeout: Duration) async throws {
+    func waitHealthy(_ service: String, child: E2EChild, timeout: Duration) async throws {
         guard let port = httpPorts[service] else { return }
         let healthy = await e2eWait(timeout: timeout, interval: .milliseconds(100)) {
             guard child.isRunning else { return true }
