@@ -302,7 +302,10 @@ struct BrokerTests {
 
         // What the handler saw is what the client sent.
         let request = try #require(seen.value.first)
-        #expect(seen.value.count == 1)
+        // Once, or twice when the client's first attempt timed out on a loaded machine and was retried (the
+        // same request id: a retry is the same request, and the handlers are idempotent for that reason).
+        #expect((1...2).contains(seen.value.count))
+        #expect(seen.value.allSatisfy { $0.envelope.requestId == "req-a-1" && $0.body == body })
         #expect(request.envelope.kind == .request)
         #expect(request.envelope.requestId == "req-a-1")
         #expect(request.envelope.sender == "pos-gateway/7")
