@@ -176,13 +176,14 @@ struct PoolTests {
                     }
                 }
             }
-            try await Task.sleep(for: .milliseconds(400))
+            // Waits for progress, not for a time: the parallel suite may keep the writers from running a while.
+            let flowing = await tsWait(timeout: .seconds(30)) { acknowledged.value.count >= 20 }
             let before = acknowledged.value.count
             try await server.restart()
-            try await Task.sleep(for: .milliseconds(800))
+            _ = await tsWait(timeout: .seconds(30)) { acknowledged.value.count >= before + 20 }
             stop.withLock { $0 = true }
             await writers.value
-            #expect(before > 0, "writes were flowing before the restart")
+            #expect(flowing && before > 0, "writes were flowing before the restart")
             #expect(odd.value.isEmpty, "every failure is a retryable connection error: \(odd.value.prefix(3))")
             #expect(acknowledged.value.count > before, "writes resumed after the restart")
 
