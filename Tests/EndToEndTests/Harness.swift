@@ -198,13 +198,19 @@ func e2eRunLogged(
         process.standardInput = FileHandle.nullDevice
         try process.run()
         try? log.close()
-        let end = ContinuousClock.now + timeout
-        while process.isRunning && ContinuousClock.now < end { usleep(100_000) }
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            while process.isRunning { usleep(10_000) }
-        }
+        e2eAwaitExit(process, timeout: timeout, polling: .milliseconds(100))
         return (process.terminationStatus, (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "")
+    }
+}
+
+/// Waits (blocking, by polling) until `process` has exited; SIGKILLs it at `timeout`.
+func e2eAwaitExit(_ process: Process, timeout: Duration, polling interval: Duration) {
+    let micros = useconds_t(max(1_000, interval.components.attoseconds / 1_000_000_000_000 + interval.components.seconds * 1_000_000))
+    let end = ContinuousClock.now + timeout
+    while process.isRunning && ContinuousClock.now < end { usleep(micros) }
+    if process.isRunning {
+        kill(process.processIdentifier, SIGKILL)
+        while process.isRunning { usleep(10_000) }
     }
 }
 
@@ -552,12 +558,7 @@ final class E2ESystem: Sendable {
             try process.run()
             try? out.close()
             try? err.close()
-            let end = ContinuousClock.now + timeout
-            while process.isRunning && ContinuousClock.now < end { usleep(20_000) }
-            if process.isRunning {
-                kill(process.processIdentifier, SIGKILL)
-                while process.isRunning { usleep(10_000) }
-            }
+            e2eAwaitExit(process, timeout: timeout, polling: .milliseconds(20))
             let stdout = (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? ""
             let stderr = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
             try? FileManager.default.removeItem(atPath: outPath)

@@ -26,6 +26,35 @@ struct PipelineTests {
     }
 
     static let insert = "INSERT INTO t (id, v) VALUES ($1, $2) RETURNING id"
+
+    /// A transaction whose second insert collides with a row 7 already there.
+    static let transactionWithADuplicate: [PGStatement] = [
+        .begin, PGStatement(insert, ["1", "a"]), PGStatement(insert, ["7", "duplicate"]), PGStatement(insert, ["2", "b"]),
+        .commit,
+    ]
+
+    /// What `transactionWithADuplicate` must give: BEGIN and the first insert ran, the duplicate failed with
+    /// its own error, the insert after it and COMMIT were skipped.
+    static func expectTheDuplicateAbortsTheRest(
+        _ results: [Result<PGRows, PGError>], sourceLocation: SourceLocation = #_sourceLocation
+    ) {
+        #expect(results.count == 5, sourceLocation: sourceLocation)
+        guard results.count == 5 else { return }
+        #expect((try? results[0].get()) != nil, "BEGIN ran", sourceLocation: sourceLocation)
+        #expect((try? results[1].get().string(0, 0)) == "1", "the first insert ran and said so", sourceLocation: sourceLocation)
+        if case .failure(let failure) = results[2] {
+            #expect(failure.isUniqueViolation, "\(failure)", sourceLocation: sourceLocation)
+        } else {
+            Issue.record("the duplicate must fail", sourceLocation: sourceLocation)
+        }
+        for index in [3, 4] {
+            if case .failure(let skipped) = results[index] {
+                #expect(skipped.isPipelineAborted, "\(skipped)", sourceLocation: sourceLocation)
+            } else {
+                Issue.record("statement \(index) must be skipped", sourceLocation: sourceLocation)
+            }
+        }
+    }
     static let count = "SELECT count(*) FROM t"
 
     @Test func eachStatementGetsItsOwnResult() async throws {
@@ -46,24 +75,7 @@ struct PipelineTests {
     @Test func aFailureInsideATransactionAbortsTheRestAndTheTransaction() async throws {
         try await withTable { db, _ in
             try db.execute("INSERT INTO t VALUES (7, 'old')")
-            let results = try db.pipeline([
-                .begin, PGStatement(Self.insert, ["1", "a"]), PGStatement(Self.insert, ["7", "duplicate"]),
-                PGStatement(Self.insert, ["2", "b"]), .commit,
-            ])
-            #expect((try? results[0].get()) != nil, "BEGIN ran")
-            #expect((try? results[1].get()) != nil, "the first insert ran")
-            guard case .failure(let failure) = results[2] else {
-                Issue.record("the duplicate must fail")
-                return
-            }
-            #expect(failure.isUniqueViolation, "\(failure)")
-            for index in [3, 4] {
-                guard case .failure(let skipped) = results[index] else {
-                    Issue.record("statement \(index) must be skipped")
-                    continue
-                }
-                #expect(skipped.isPipelineAborted, "\(skipped)")
-            }
+            Self.expectTheDuplicateAbortsTheRest(try db.pipeline(Self.transactionWithADuplicate))
             // COMMIT was skipped: the transaction is aborted until rolled back, and nothing of it stays.
             #expect(db.inTransaction)
             db.rollbackIfNeeded()

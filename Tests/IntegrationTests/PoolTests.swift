@@ -10,8 +10,8 @@ import Testing
 
 @Suite("PostgreSQL pool", .timeLimit(.minutes(3)), .enabled(if: TSEnv.hasDatabase, "set WIPAY_TEST_DATABASE_URL to run"))
 struct PoolTests {
-    static let insert = "INSERT INTO t (id, v) VALUES ($1, $2) RETURNING id"
-    static let count = "SELECT count(*) FROM t"
+    static let insert = PipelineTests.insert
+    static let count = PipelineTests.count
 
     /// A fresh database with the table `t (id int PRIMARY KEY, v text)` and a pool on it.
     func withPool<T: Sendable>(
@@ -34,24 +34,7 @@ struct PoolTests {
         try await withPool { pool, db in
             try await db.query("INSERT INTO t VALUES (7, 'old')")
             try await pool.withSession { session in
-                let results = try await session.pipeline([
-                    .begin, PGStatement(Self.insert, ["1", "a"]), PGStatement(Self.insert, ["7", "duplicate"]),
-                    PGStatement(Self.insert, ["2", "b"]), .commit,
-                ])
-                #expect(results.count == 5)
-                #expect((try? results[1].get().string(0, 0)) == "1", "the first insert ran and said so")
-                guard case .failure(let failure) = results[2] else {
-                    Issue.record("the duplicate must fail")
-                    return
-                }
-                #expect(failure.isUniqueViolation, "\(failure)")
-                for index in [3, 4] {
-                    guard case .failure(let skipped) = results[index] else {
-                        Issue.record("statement \(index) must be skipped")
-                        continue
-                    }
-                    #expect(skipped.isPipelineAborted, "\(skipped)")
-                }
+                PipelineTests.expectTheDuplicateAbortsTheRest(try await session.pipeline(PipelineTests.transactionWithADuplicate))
                 #expect(session.inTransaction, "COMMIT was skipped: the transaction is aborted until rolled back")
                 await session.rollbackIfNeeded()
                 #expect(!session.inTransaction)

@@ -184,8 +184,13 @@ enum PGPipelineWire {
     }
 
     static func connectionError(_ conn: OpaquePointer, _ context: String) -> PGError {
-        let message = String(cString: PQerrorMessage(conn)).trimmingCharacters(in: .whitespacesAndNewlines)
-        return PGError(sqlState: "08006", message: message.isEmpty ? "connection failed" : message, context: context)
+        PGError(sqlState: "08006", message: message(conn), context: context)
+    }
+
+    /// libpq's last error on `conn`, trimmed ("connection failed" when it says nothing).
+    static func message(_ conn: OpaquePointer) -> String {
+        let text = String(cString: PQerrorMessage(conn)).trimmingCharacters(in: .whitespacesAndNewlines)
+        return text.isEmpty ? "connection failed" : text
     }
 
     /// `results`, then the first failure thrown (the rows of every statement otherwise). For a pipeline whose

@@ -189,8 +189,8 @@ final class PGEventLoop: Sendable {
     let name: String
     let connections: [PGLoopConnection]
     let connectTimeout: Duration
-    private let wakeRead: Int32
-    private let wakeWrite: Int32
+    /// An eventfd that callers write to wake the loop (a connect to start, a pipeline to flush).
+    private let wakeFD: Int32
     private let stopped = Atomic<Bool>(false)
     private let upGauge: Gauge
     private let downGauge: Gauge
@@ -201,15 +201,9 @@ final class PGEventLoop: Sendable {
         self.name = name
         self.connectTimeout = connectTimeout
         connections = (0..<size).map { PGLoopConnection(index: $0) }
-        var fds: [Int32] = [-1, -1]
-        if pipe(&fds) == 0 {
-            for fd in fds {
-                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            }
-        }
-        wakeRead = fds[0]
-        wakeWrite = fds[1]
+        // As the ZeroMQ pumps do (SocketPump). Without one (out of file descriptors) the loop still works,
+        // waking every 10 ms instead of when called.
+        wakeFD = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         upGauge = Gauge(label: "wipay_pg_connections_up", dimensions: [("pool", name)])
         downGauge = Gauge(label: "wipay_pg_connections_down", dimensions: [("pool", name)])
         reconnectCounter = Counter(label: "wipay_pg_reconnects_total", dimensions: [("pool", name)])
@@ -227,8 +221,9 @@ final class PGEventLoop: Sendable {
     }
 
     func wake() {
-        var byte: UInt8 = 1
-        _ = write(wakeWrite, &byte, 1)  // a full pipe already wakes the loop
+        guard wakeFD >= 0 else { return }
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)  // a counter at its maximum already wakes the loop
     }
 
     func health() -> PGPoolHealth {
@@ -263,12 +258,14 @@ final class PGEventLoop: Sendable {
         var owners: [Int] = []
         var done: [PGLoopConnection.Completion] = []
         var published: (up: Int, down: Int) = (-1, -1)
+        let longestWait: Duration = wakeFD >= 0 ? .seconds(1) : .milliseconds(10)
         while !stopped.load(ordering: .acquiring) {
             let now = ContinuousClock.now
-            var nextDeadline = now + .seconds(1)
+            var nextDeadline = now + longestWait
+            var counted: (up: Int, down: Int) = (0, 0)
             fds.removeAll(keepingCapacity: true)
             owners.removeAll(keepingCapacity: true)
-            fds.append(pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0))
+            fds.append(pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0))  // a negative fd is skipped
             for connection in connections {
                 connection.lock.withLock {
                     connection.tick(now: now, loop: self, &done)
@@ -277,11 +274,17 @@ final class PGEventLoop: Sendable {
                         owners.append(connection.index)
                     }
                     if let deadline = connection.deadline, deadline < nextDeadline { nextDeadline = deadline }
+                    if connection.isUp { counted.up += 1 }
+                    if connection.isDown { counted.down += 1 }
                 }
             }
             for completion in done { completion.resume() }
             done.removeAll(keepingCapacity: true)
-            publishGauges(&published)
+            if counted != published {
+                published = counted
+                upGauge.record(counted.up)
+                downGauge.record(counted.down)
+            }
 
             let wait = max(Duration.zero, nextDeadline - now)
             let millis = Int32(min(1000, wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000 + 1))
@@ -292,8 +295,8 @@ final class PGEventLoop: Sendable {
                 continue
             }
             if fds[0].revents != 0 {
-                var buffer = [UInt8](repeating: 0, count: 256)
-                while read(wakeRead, &buffer, buffer.count) > 0 {}
+                var count: UInt64 = 0
+                _ = read(wakeFD, &count, 8)  // resets the counter
             }
             for (position, index) in owners.enumerated() where fds[position + 1].revents != 0 {
                 let connection = connections[index]
@@ -305,16 +308,7 @@ final class PGEventLoop: Sendable {
         }
         for connection in connections { connection.lock.withLock { connection.close(&done) } }
         for completion in done { completion.resume() }
-        close(wakeRead)
-        close(wakeWrite)
-    }
-
-    private func publishGauges(_ published: inout (up: Int, down: Int)) {
-        let now = health()
-        guard now.up != published.up || now.down != published.down else { return }
-        published = (now.up, now.down)
-        upGauge.record(now.up)
-        downGauge.record(now.down)
+        if wakeFD >= 0 { close(wakeFD) }
     }
 
     func countReconnect() { reconnectCounter.increment() }
@@ -614,10 +608,7 @@ final class PGLoopConnection: @unchecked Sendable {
         return .milliseconds(Int(base * Double.random(in: 0.8...1.2)))
     }
 
-    private static func message(_ conn: OpaquePointer) -> String {
-        let text = String(cString: PQerrorMessage(conn)).trimmingCharacters(in: .whitespacesAndNewlines)
-        return text.isEmpty ? "connection failed" : text
-    }
+    private static func message(_ conn: OpaquePointer) -> String { PGPipelineWire.message(conn) }
 }
 
 /// A stage's database health, for its heartbeat and `/healthz`: one round trip answered, and no pooled
