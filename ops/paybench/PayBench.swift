@@ -22,7 +22,8 @@ struct LedgerBench: AsyncParsableCommand {
             --currency, as ops/scripts/bench-ledger.sh seeds them. Mixes: `hot` sends 80% of payments to
             10 merchants, `uniform` spreads them evenly. Without --rate it runs flat out with --concurrency
             callers; with --rate it sends at that fixed rate (open loop: latency counts from the intended
-            send time, so a stall is not hidden).
+            send time, so a stall is not hidden). With --batch N (flat out only) each caller sends N transfers
+            in one `transfer.post.batch`, as the payment-router does; each transfer's latency is its call's.
             """)
 
     @Option(help: "Host of the bus broker. [env WIPAY_BUS_HOST]") var busHost: String?
@@ -33,6 +34,8 @@ struct LedgerBench: AsyncParsableCommand {
     @Option(help: "Seconds to run.") var duration = 15
     @Option(help: "Concurrent callers when running flat out.") var concurrency = 1024
     @Option(help: "Fixed rate in transfers per second (0 = flat out).") var rate = 0
+    @Option(help: "Transfers per bus message when running flat out (1 = transfer.post, more = transfer.post.batch).")
+    var batch = 1
     @Option(help: "Currency of the seeded accounts.") var currency = "CNY"
     @Option(help: "Prefix of transfer ids (make it unique per run).") var prefix = "bench-\(unixMillis())"
     @Option(help: "Seed of the random mix.") var seed: UInt64 = 42
@@ -45,6 +48,9 @@ struct LedgerBench: AsyncParsableCommand {
         guard mix == "hot" || mix == "uniform" else { throw ValidationError("--mix is hot or uniform") }
         guard (1...3600).contains(duration), (1...100_000).contains(concurrency), (0...1_000_000).contains(rate) else {
             throw ValidationError("duration 1...3600 s, concurrency 1...100000, rate 0...1000000")
+        }
+        guard (1...TransferPostBatch.maxCount).contains(batch), batch == 1 || rate == 0 else {
+            throw ValidationError("--batch is 1...\(TransferPostBatch.maxCount), and more than 1 only flat out (no --rate)")
         }
     }
 
@@ -84,6 +90,33 @@ struct LedgerBench: AsyncParsableCommand {
         }
     }
 
+    /// Many transfers in one `transfer.post.batch`, retried like `post`. One status per transfer, in order.
+    static func post(batch posts: [TransferPost], client: BusClient) async -> Result<[Status], BusCallError> {
+        do {
+            let reply = try await client.send(
+                service: "ledger", type: .transferPostBatch, body: TransferPostBatch(transfers: posts).encoded(),
+                requestId: posts[0].transferId, attemptTimeout: .seconds(5), totalTimeout: .seconds(20))
+            guard reply.envelope.status.isSuccess, let results = try? TransferPostResults.decode(reply.body) else {
+                return .success(posts.map { _ in reply.envelope.status })
+            }
+            return .success(results.outcomes.map(\.status))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    static func record(_ tally: inout Tally, _ reply: Result<[Status], BusCallError>, micros: UInt64) {
+        switch reply {
+        case .success(let statuses):
+            for status in statuses {
+                tally.statuses[status.description, default: 0] += 1
+                if status.isSuccess { _ = tally.histogram.record(max(1, micros)) }
+            }
+        case .failure:
+            tally.errors += 1
+        }
+    }
+
     static func record(_ tally: inout Tally, _ reply: Result<BusMessage, BusCallError>, micros: UInt64) {
         switch reply {
         case .success(let message):
@@ -114,11 +147,19 @@ struct LedgerBench: AsyncParsableCommand {
                         var rng = SplitMix64(seed: seed &+ UInt64(worker) &* 7919)
                         var n = worker
                         while ContinuousClock.now < end {
-                            let post = makeTransfer(n, rng: &rng)
-                            n += concurrency
+                            var posts: [TransferPost] = []
+                            for _ in 0..<batch {
+                                posts.append(makeTransfer(n, rng: &rng))
+                                n += concurrency
+                            }
                             let sent = ContinuousClock.now
-                            let reply = await Self.post(post, client: client)
-                            Self.record(&tally, reply, micros: UInt64((ContinuousClock.now - sent) / .microseconds(1)))
+                            if batch == 1 {
+                                let reply = await Self.post(posts[0], client: client)
+                                Self.record(&tally, reply, micros: UInt64((ContinuousClock.now - sent) / .microseconds(1)))
+                            } else {
+                                let reply = await Self.post(batch: posts, client: client)
+                                Self.record(&tally, reply, micros: UInt64((ContinuousClock.now - sent) / .microseconds(1)))
+                            }
                         }
                         return tally
                     }
@@ -163,6 +204,7 @@ struct LedgerBench: AsyncParsableCommand {
         if json {
             let object: [String: Any] = [
                 "mix": mix, "wallets": wallets, "merchants": merchants, "rate_target": rate, "concurrency": concurrency,
+                "batch": batch,
                 "seconds": elapsed, "posted": posted, "transfers_per_second": Double(posted) / elapsed,
                 "latency_ms": ["p50": ms(50), "p90": ms(90), "p99": ms(99), "p99_9": ms(99.9), "max": Double(h.max) / 1000],
                 "statuses": total.statuses, "errors": total.errors,
@@ -173,7 +215,9 @@ struct LedgerBench: AsyncParsableCommand {
         } else {
             print(String(
                 format: "mix=%@ wallets=%d merchants=%d %@: %d posted in %.1f s = %.0f transfers/s; latency ms p50 %.2f p90 %.2f p99 %.2f p99.9 %.2f max %.2f; statuses %@; errors %d",
-                mix, wallets, merchants, rate == 0 ? "flat out (\(concurrency) callers)" : "at \(rate)/s", posted, elapsed,
+                mix, wallets, merchants,
+                rate == 0 ? "flat out (\(concurrency) callers\(batch > 1 ? " × \(batch) per message" : ""))" : "at \(rate)/s",
+                posted, elapsed,
                 Double(posted) / elapsed, ms(50), ms(90), ms(99), ms(99.9), Double(h.max) / 1000,
                 total.statuses.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","), total.errors))
         }

@@ -209,6 +209,11 @@ enum PGPipelineWire {
     }
 }
 
+/// A pipeline on the wire whose answers are still to be read (`PGConnection.send`, then `receive`).
+public struct PGSentPipeline {
+    fileprivate let reader: PGPipelineWire.Reader
+}
+
 /// libpq's pipeline mode on one connection, driven by the calling thread (docs/ledger.md, "Round trips"):
 /// every statement is queued and sent without waiting for the one before, one sync point ends the
 /// pipeline, and then each statement's own result is read. One round trip for the lot. The socket is
@@ -228,6 +233,20 @@ extension PGConnection {
     /// open is rolled back by the server when the connection goes).
     public func pipeline(_ statements: [PGStatement]) throws(PGError) -> [Result<PGRows, PGError>] {
         guard !statements.isEmpty else { return [] }
+        return try receive(try send(statements))
+    }
+
+    /// The first half of `pipeline`: queues `statements` and their sync point and sends them, without
+    /// waiting for any answer. The connection is then busy with this pipeline until `receive` reads its
+    /// answers; nothing else may be sent on it meanwhile. The caller may do other work in between, e.g.
+    /// drive another connection: the server works on this pipeline at the same time.
+    public func send(_ statements: [PGStatement]) throws(PGError) -> PGSentPipeline {
+        guard !statements.isEmpty else {
+            throw PGError(sqlState: "XX000", message: "an empty pipeline", context: "pipeline")
+        }
+        guard sentPipelines == 0 else {
+            throw PGError(sqlState: "XX000", message: "a pipeline is already waiting for its answers", context: "pipeline")
+        }
         try PGPipelineWire.validate(statements)
         let conn = try handle("pipeline")
         guard PQenterPipelineMode(conn) == 1 else { throw PGPipelineWire.connectionError(conn, "enter pipeline mode") }
@@ -235,14 +254,31 @@ extension PGConnection {
             _ = PQexitPipelineMode(conn)
             throw PGPipelineWire.connectionError(conn, "non-blocking mode")
         }
-        defer {
-            _ = PQsetnonblocking(conn, 0)
-            _ = PQexitPipelineMode(conn)
+        do {
+            let queued = try PGPipelineWire.queue(statements, on: conn, prepared: preparedNames)
+            try flush(conn)
+            sentPipelines += 1
+            return PGSentPipeline(
+                reader: PGPipelineWire.Reader(
+                    statements: statements, expected: queued.expected, newlyPrepared: queued.newlyPrepared))
+        } catch {
+            leavePipelineMode(conn)
+            throw error
         }
-        let queued = try PGPipelineWire.queue(statements, on: conn, prepared: preparedNames)
-        try flush(conn)
-        var reader = PGPipelineWire.Reader(
-            statements: statements, expected: queued.expected, newlyPrepared: queued.newlyPrepared)
+    }
+
+    /// The second half of `pipeline`: reads the answers of a pipeline `send` put on this connection. One
+    /// result per statement, as `pipeline` returns them; throws only when the connection failed.
+    public func receive(_ sent: PGSentPipeline) throws(PGError) -> [Result<PGRows, PGError>] {
+        let conn = try handle("pipeline")
+        guard sentPipelines > 0 else {
+            throw PGError(sqlState: "XX000", message: "no pipeline is waiting for its answers", context: "pipeline")
+        }
+        defer {
+            sentPipelines -= 1
+            leavePipelineMode(conn)
+        }
+        var reader = sent.reader
         while true {
             while PQisBusy(conn) == 1 {
                 try waitSocket(conn, write: false)
@@ -253,6 +289,11 @@ extension PGConnection {
                 return results
             }
         }
+    }
+
+    private func leavePipelineMode(_ conn: OpaquePointer) {
+        _ = PQsetnonblocking(conn, 0)
+        _ = PQexitPipelineMode(conn)
     }
 
     /// `pipeline`, then the first failure thrown (the rows of every statement otherwise). For a pipeline

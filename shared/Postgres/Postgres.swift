@@ -46,6 +46,11 @@ public final class PGConnection: @unchecked Sendable {
     /// The statements `pipeline` prepared on this session: SQL text → name. A new session (reconnect,
     /// reset) has none, so they are prepared again on first use.
     var preparedNames: [String: String] = [:]
+    /// Pipelines sent (`send`) whose answers are not read yet: at most one.
+    var sentPipelines = 0
+
+    /// True between `send` and `receive`: the connection is busy with a pipeline on the wire.
+    public var isAwaitingAnswers: Bool { sentPipelines > 0 }
 
     /// The libpq handle, or a connection error.
     func handle(_ context: String) throws(PGError) -> OpaquePointer {
@@ -65,6 +70,7 @@ public final class PGConnection: @unchecked Sendable {
     private func connect() throws(PGError) {
         if let conn { PQfinish(conn) }
         preparedNames = [:]
+        sentPipelines = 0
         conn = PQconnectdb(conninfo)
         guard let conn, PQstatus(conn) == CONNECTION_OK else {
             let message = conn.map { String(cString: PQerrorMessage($0)) } ?? "out of memory"
@@ -80,6 +86,7 @@ public final class PGConnection: @unchecked Sendable {
         if let conn {
             PQreset(conn)
             preparedNames = [:]
+            sentPipelines = 0
             if PQstatus(conn) == CONNECTION_OK { return }
         }
         try connect()

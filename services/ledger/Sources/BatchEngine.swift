@@ -13,15 +13,22 @@ public struct BatchSettings: Sendable {
     public var maxWait: Duration
     /// Transfers waiting for a batch; past it callers get `503 overloaded` (and retry).
     public var maxQueued: Int
-    /// Batch threads, each with its own connection: while one batch commits, the next is decided.
-    /// They take the same locks in the same order, so they never deadlock.
+    /// Batch threads. Each has two connections of its own (see `overlap`); threads take the same locks in
+    /// the same order, so they never deadlock.
     public var workers: Int
+    /// While batch N writes and commits on one connection, batch N+1 is read and decided on the other, on
+    /// top of N's outcome (docs/ledger.md, "Overlap"). Off: one batch at a time, as before.
+    public var overlap: Bool
 
-    public init(maxBatch: Int = 2048, maxWait: Duration = .microseconds(500), maxQueued: Int = 50_000, workers: Int = 1) {
+    public init(
+        maxBatch: Int = 2048, maxWait: Duration = .microseconds(500), maxQueued: Int = 50_000, workers: Int = 1,
+        overlap: Bool = true
+    ) {
         self.maxBatch = maxBatch
         self.maxWait = maxWait
         self.maxQueued = maxQueued
         self.workers = max(1, workers)
+        self.overlap = overlap
     }
 }
 
@@ -30,7 +37,12 @@ public struct BatchSettings: Sendable {
 /// change, the transfers inserted in bulk, one commit with `synchronous_commit` on — and only then is
 /// every caller answered. A transfer that breaks a rule fails alone; its batch goes on.
 ///
-/// One thread owns one connection (libpq blocks); callers wait on continuations, never on the thread.
+/// Batch N+1 is decided while batch N commits: its reads take no locks, its decisions start from what N
+/// leaves (`Overlay`), and its writes begin by locking every account it read and checking that each is
+/// still what the decisions assumed (`ledger.lock_unchanged`); otherwise PostgreSQL refuses the whole
+/// batch and it is done again the plain way. So a batch never commits on a state that did not commit.
+///
+/// Each thread owns its connections (libpq blocks); callers wait on continuations, never on the thread.
 public final class BatchEngine: Sendable {
     struct Job: Sendable {
         let post: TransferPost
@@ -54,6 +66,19 @@ public final class BatchEngine: Sendable {
     private let batchDuration = Timer(label: "wipay_ledger_batch_duration_seconds", preferredDisplayUnit: .seconds)
     private let queueDepth = Gauge(label: "wipay_ledger_queue_depth")
     private let outcomes = Locked<[String: Counter]>([:])
+    private let overlappedBatches = Counter(label: "wipay_ledger_batches_overlapped_total")
+    private let redoneBatches = Counter(label: "wipay_ledger_batches_redone_total")
+    private let tally = Locked(Tally())
+
+    /// Batches since start: all, decided while the one before committed, and done again the plain way
+    /// (the state they were decided on had not committed, or changed).
+    public struct Tally: Sendable, Equatable {
+        public var batches = 0
+        public var overlapped = 0
+        public var redone = 0
+    }
+
+    public var counts: Tally { tally.withLock { $0 } }
 
     public init(conninfo: String, pins: PinHasher, settings: BatchSettings, logger: Logger) {
         self.conninfo = conninfo
@@ -127,46 +152,167 @@ public final class BatchEngine: Sendable {
 
     // MARK: the batch thread
 
+    /// One batch thread's own state: its two connections and the batch on the wire, if any.
+    private final class Lane {
+        var connections: [PGConnection?] = [nil, nil]
+        var inFlight: InFlight?
+    }
+
+    private struct InFlight {
+        let batch: SentBatch
+        let jobs: [Job]
+        let slot: Int
+        let start: ContinuousClock.Instant
+    }
+
     private func loop() {
         defer { finished.signal() }
-        var connection: PGConnection?
+        let lane = Lane()
         while true {
-            let idle = queue.withLock { queue -> Bool in
-                if queue.jobs.isEmpty { queue.threadsWaiting += 1 }
-                return queue.jobs.isEmpty
-            }
-            if idle, signal.wait(timeout: .now() + .milliseconds(200)) == .timedOut {
-                // Nobody woke us: take ourselves off the count (at worst another idle thread waits out
-                // its own timeout once).
-                queue.withLock { $0.threadsWaiting = max(0, $0.threadsWaiting - 1) }
-            }
-            var jobs = take()
+            let jobs = lane.inFlight == nil ? waitForJobs() : take()
             if jobs.isEmpty {
-                if stopping.load(ordering: .relaxed) { return }
+                if lane.inFlight != nil {
+                    // Nothing new to decide meanwhile: answer the batch on the wire.
+                    let failed = completeInFlight(lane)
+                    redo(failed, lane: lane)
+                } else if stopping.load(ordering: .relaxed) {
+                    return
+                }
                 continue
             }
-            if jobs.count < settings.maxBatch / 4, settings.maxWait > .zero, !stopping.load(ordering: .relaxed) {
-                // Wait for company: until a quarter batch is queued, or `maxWait` at most.
-                let enough = queue.withLock { queue -> Bool in
-                    if jobs.count + queue.jobs.count >= settings.maxBatch / 4 { return true }
-                    queue.gathering += 1
-                    return false
-                }
-                if !enough, fuller.wait(timeout: .now() + Self.dispatchInterval(settings.maxWait)) == .timedOut {
-                    queue.withLock { $0.gathering = max(0, $0.gathering - 1) }
-                }
-                jobs += take(limit: settings.maxBatch - jobs.count)
-            }
             queueDepth.record(queued)
-            let start = ContinuousClock.now
-            let replies = process(jobs, connection: &connection)
-            batchSize.record(jobs.count)
-            batchDuration.recordNanoseconds(Int64((ContinuousClock.now - start).components.attoseconds / 1_000_000_000)
-                + (ContinuousClock.now - start).components.seconds * 1_000_000_000)
-            for (job, reply) in zip(jobs, replies) {
-                count(reply)
-                job.reply(reply)
+            let posts = jobs.map(\.post)
+            var overlay: Overlay?
+            if settings.overlap, let inFlight = lane.inFlight, inFlight.batch.overlay.allows(posts) {
+                overlay = inFlight.batch.overlay
+            } else if lane.inFlight != nil {
+                // This batch touches what the one on the wire holds (a retried id, a request it pays, a
+                // refund): that one commits first.
+                let failed = completeInFlight(lane)
+                redo(failed, lane: lane)
             }
+            let slot = lane.inFlight.map { 1 - $0.slot } ?? 0
+            let start = ContinuousClock.now
+            var sent: SentBatch?
+            do {
+                sent = try send(posts, db: try connection(lane, slot), over: overlay)
+            } catch {
+                failed(error, lane: lane, slot: slot, size: jobs.count)
+            }
+            tally.withLock {
+                $0.batches += 1
+                if overlay != nil, sent != nil { $0.overlapped += 1 }
+            }
+            if overlay != nil, sent != nil { overlappedBatches.increment() }
+            // The batch before this one: answer it, or (it did not commit) settle this one too before doing
+            // both again, since this one may rest on it and holds locks until it is settled.
+            if let failed = completeInFlight(lane) {
+                var again: [Job]? = jobs
+                if let sent {
+                    lane.inFlight = InFlight(batch: sent, jobs: jobs, slot: slot, start: start)
+                    again = completeInFlight(lane)
+                }
+                redo(failed, lane: lane)
+                redo(again, lane: lane)
+            } else if let sent {
+                lane.inFlight = InFlight(batch: sent, jobs: jobs, slot: slot, start: start)
+            } else {
+                redo(jobs, lane: lane)
+            }
+        }
+    }
+
+    /// Waits for work (as long as the thread is idle), then for company: until a quarter batch is queued, or
+    /// `maxWait` at most. Empty when nothing came.
+    private func waitForJobs() -> [Job] {
+        let idle = queue.withLock { queue -> Bool in
+            if queue.jobs.isEmpty { queue.threadsWaiting += 1 }
+            return queue.jobs.isEmpty
+        }
+        if idle, signal.wait(timeout: .now() + .milliseconds(200)) == .timedOut {
+            // Nobody woke us: take ourselves off the count (at worst another idle thread waits out its own
+            // timeout once).
+            queue.withLock { $0.threadsWaiting = max(0, $0.threadsWaiting - 1) }
+        }
+        var jobs = take()
+        if !jobs.isEmpty, jobs.count < settings.maxBatch / 4, settings.maxWait > .zero, !stopping.load(ordering: .relaxed) {
+            let enough = queue.withLock { queue -> Bool in
+                if jobs.count + queue.jobs.count >= settings.maxBatch / 4 { return true }
+                queue.gathering += 1
+                return false
+            }
+            if !enough, fuller.wait(timeout: .now() + Self.dispatchInterval(settings.maxWait)) == .timedOut {
+                queue.withLock { $0.gathering = max(0, $0.gathering - 1) }
+            }
+            jobs += take(limit: settings.maxBatch - jobs.count)
+        }
+        return jobs
+    }
+
+    /// The lane's connection in `slot`, connected (a lost one is reconnected).
+    private func connection(_ lane: Lane, _ slot: Int) throws(PGError) -> PGConnection {
+        if let existing = lane.connections[slot] {
+            try existing.ensureConnected()
+            return existing
+        }
+        let created = try PGConnection(conninfo: conninfo)
+        lane.connections[slot] = created
+        return created
+    }
+
+    /// A batch that could not be read, decided or sent: its connection is cleaned up (a transaction left
+    /// open is rolled back; a lost or busy connection is dropped) and the batch is done again.
+    private func failed(_ error: any Error, lane: Lane, slot: Int, size: Int) {
+        if let db = lane.connections[slot] {
+            if (error as? PGError)?.isConnectionError == true || db.isAwaitingAnswers {
+                lane.connections[slot] = nil
+            } else {
+                db.rollbackIfNeeded()
+            }
+        }
+        if let error = error as? PGError, error.sqlState == LedgerSchema.staleDecisionState {
+            tally.withLock { $0.redone += 1 }
+            redoneBatches.increment()
+            logger.debug("ledger batch decided on a state that did not commit; doing it again", metadata: ["batch.size": "\(size)"])
+        } else {
+            logger.warning("ledger batch failed; doing it again", metadata: ["batch.size": "\(size)", "error": "\(error)"])
+        }
+    }
+
+    /// Reads the answers of the batch on the wire and answers its callers. Returns its jobs when it did not
+    /// commit (the caller does them again), nil otherwise.
+    private func completeInFlight(_ lane: Lane) -> [Job]? {
+        guard let inFlight = lane.inFlight else { return nil }
+        lane.inFlight = nil
+        let replies: [BusReply]
+        do {
+            replies = try complete(inFlight.batch)
+        } catch {
+            failed(error, lane: lane, slot: inFlight.slot, size: inFlight.jobs.count)
+            return inFlight.jobs
+        }
+        answer(inFlight.jobs, replies, since: inFlight.start)
+        return nil
+    }
+
+    /// Does `jobs` again the plain way, one batch at a time (after settling the batch on the wire, whose
+    /// locks it might otherwise wait for), and answers them.
+    private func redo(_ jobs: [Job]?, lane: Lane) {
+        guard let jobs, !jobs.isEmpty else { return }
+        if let failed = completeInFlight(lane) { redo(failed, lane: lane) }
+        let start = ContinuousClock.now
+        let replies = process(jobs, connection: &lane.connections[0])
+        answer(jobs, replies, since: start)
+    }
+
+    private func answer(_ jobs: [Job], _ replies: [BusReply], since start: ContinuousClock.Instant) {
+        batchSize.record(jobs.count)
+        let elapsed = ContinuousClock.now - start
+        batchDuration.recordNanoseconds(
+            elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
+        for (job, reply) in zip(jobs, replies) {
+            count(reply)
+            job.reply(reply)
         }
     }
 
@@ -208,7 +354,7 @@ public final class BatchEngine: Sendable {
                 do {
                     return try self.write(jobs.map(\.post), db: db)
                 } catch {
-                    db.rollbackIfNeeded()
+                    if db.isAwaitingAnswers { connection = nil } else { db.rollbackIfNeeded() }
                     throw error
                 }
             } catch let error as PGError {
@@ -229,8 +375,16 @@ public final class BatchEngine: Sendable {
         return jobs.flatMap { process([$0], connection: &connection) }
     }
 
-    /// One batch inside one transaction. Returns one reply per transfer, in order.
+    /// One batch inside one transaction, the plain way. Returns one reply per transfer, in order.
     func write(_ posts: [TransferPost], db: PGConnection) throws -> [BusReply] {
+        try complete(try send(posts, db: db, over: nil))
+    }
+
+    /// Reads and decides one batch on `db`, and sends its writes and commit without waiting for them
+    /// (`complete` reads the answer). Without `overlay`, the plain way: the reads lock what the batch
+    /// touches. With it (the batch sent before this one, not known to have committed yet): the reads take
+    /// no locks, the decisions start from the overlay's accounts, and the writes lock and check first.
+    func send(_ posts: [TransferPost], db: PGConnection, over overlay: Overlay?) throws -> SentBatch {
         var replies = [BusReply?](repeating: nil, count: posts.count)
 
         // 0. Malformed transfers are answered at once and never reach SQL (nor are they stored).
@@ -243,24 +397,31 @@ public final class BatchEngine: Sendable {
             }
         }
         var book = LedgerBook(accounts: [:])
-        guard !valid.isEmpty else { return replies.map { $0 ?? Self.undecided } }
+        guard !valid.isEmpty else {
+            return SentBatch(posts: posts, replies: replies, seen: [:], db: db, pending: nil, overlay: Overlay())
+        }
 
         // 1. One pipeline (one round trip): BEGIN, then lock what these transfers touch, always in the same
         //    order — refunded payments, then accounts, by id — so that two ledger instances never deadlock,
         //    and so that whatever another instance committed for the same transfers is visible to the reads
         //    that follow; then the transfers seen before (failed or posted) and the requests already paid
         //    (asked for every valid transfer: the answer is the same for the new ones, and it saves a trip).
+        //    Overlapped, the same reads without BEGIN and without locks (refunds never overlap).
         let refundTargets = Set(valid.compactMap { posts[$0].refundOf }).sorted()
         let accountIds = Set(valid.flatMap { [posts[$0].debitAccountId, posts[$0].creditAccountId] }).sorted()
         let ids = Array(Set(valid.map { posts[$0].transferId }))
         let requests = Set(valid.compactMap { posts[$0].paymentRequestId }).sorted()
-        var reads: [PGStatement] = [.begin]
+        let overlapped = overlay != nil
+        if overlapped, !refundTargets.isEmpty {
+            throw PGError(sqlState: "XX000", message: "a refund cannot be decided ahead of a commit", context: "ledger batch")
+        }
+        var reads: [PGStatement] = overlapped ? [] : [.begin]
         if !refundTargets.isEmpty { reads.append(PGStatement(Self.lockPayments, [PGArray.text(refundTargets)])) }
-        reads.append(PGStatement(Self.lockAccounts, [PGArray.text(accountIds)]))
+        reads.append(PGStatement(overlapped ? Self.readAccounts : Self.lockAccounts, [PGArray.text(accountIds)]))
         reads.append(PGStatement(Self.failedLookup, [PGArray.text(ids)]))
         reads.append(PGStatement(Self.postedLookup, [PGArray.text(ids)]))
         if !requests.isEmpty { reads.append(PGStatement(Self.paidLookup, [PGArray.text(requests)])) }
-        var read = try db.pipelineAll(reads).dropFirst()[...]  // BEGIN's empty result first
+        var read = try db.pipelineAll(reads).dropFirst(overlapped ? 0 : 1)[...]  // BEGIN's empty result first
 
         if !refundTargets.isEmpty, let rows = read.popFirst() {
             for row in rows.rows {
@@ -280,6 +441,9 @@ public final class BatchEngine: Sendable {
                 debits: Int64(row[3] ?? "") ?? 0, credits: Int64(row[4] ?? "") ?? 0, pinHash: row[5].flatMap(Hex.decode),
                 pinFailures: Int(row[6] ?? "") ?? 0, locked: row[7] == "t")
         }
+        // What the batch on the wire leaves these accounts with, once it commits (the writes check it).
+        for (id, account) in overlay?.accounts ?? [:] where book.accounts[id] != nil { book.accounts[id] = account }
+        let assumed = book.accounts.values.sorted { $0.id < $1.id }
 
         // 2. Transfers seen before, failed or posted (a posted row wins): answered from what was stored.
         var known: [String: (fields: TransferFields, reply: BusReply)] = [:]
@@ -401,8 +565,38 @@ public final class BatchEngine: Sendable {
                     PGArray.text(durable.map(\.1.message)),
                 ]))
         }
-        writes.append(.commit)
-        try db.pipelineAll(writes)
+        // Overlapped: first lock every account read, in id order, and check that each is what the decisions
+        // started from; all of it in one implicit transaction, which the sync point commits, and which a
+        // failed check (or any error) rolls back at once, locks released, without a word from us.
+        if overlapped, !writes.isEmpty {
+            writes.insert(
+                PGStatement(
+                    "SELECT ledger.lock_unchanged($1::text[], $2::bigint[], $3::bigint[], $4::smallint[], $5::boolean[])",
+                    [
+                        PGArray.text(assumed.map(\.id)), PGArray.int64(assumed.map(\.debits)),
+                        PGArray.int64(assumed.map(\.credits)), PGArray.int64(assumed.map { Int64($0.pinFailures) }),
+                        PGArray.bool(assumed.map(\.locked)),
+                    ]), at: 0)
+        }
+        if !overlapped { writes.append(.commit) }
+        var next = Overlay()
+        for account in changed { next.accounts[account.id] = account }
+        for index in valid {
+            next.transferIds.insert(posts[index].transferId)
+            if let request = posts[index].paymentRequestId { next.requests.insert(request) }
+        }
+        return SentBatch(
+            posts: posts, replies: replies, seen: seen, db: db, pending: writes.isEmpty ? nil : try db.send(writes),
+            overlay: next)
+    }
+
+    /// Reads the answer to a batch's writes and commit; then every transfer of the batch is answered.
+    /// Throws when the batch did not commit (nothing of it was applied).
+    func complete(_ batch: SentBatch) throws -> [BusReply] {
+        if let pending = batch.pending { _ = try batch.db.receive(pending).allRows() }
+        let posts = batch.posts
+        let seen = batch.seen
+        var replies = batch.replies
 
         // 6. Duplicates inside the batch get the first one's answer (or a conflict when fields differ).
         for (index, post) in posts.enumerated() where replies[index] == nil {
@@ -427,6 +621,10 @@ public final class BatchEngine: Sendable {
         SELECT id, amount, refunded, debit_account_id, credit_account_id, currency
         FROM ledger.transfers WHERE id = ANY($1::text[]) AND kind = 1 ORDER BY id FOR UPDATE
         """
+    static let readAccounts = """
+        SELECT id, kind, currency, debits, credits, encode(pin_hash, 'hex'), pin_failures, locked
+        FROM ledger.accounts WHERE id = ANY($1::text[])
+        """
     static let lockAccounts = """
         SELECT id, kind, currency, debits, credits, encode(pin_hash, 'hex'), pin_failures, locked
         FROM ledger.accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
@@ -447,6 +645,36 @@ public final class BatchEngine: Sendable {
     static func conflict(_ id: String) -> BusReply {
         .error(.conflict, "exists_with_different_fields", "transfer \(id) exists with different fields")
     }
+}
+
+/// What a batch whose writes are on the wire leaves for the batch decided after it.
+struct Overlay: Sendable {
+    /// The accounts the batch changes, as they are once it commits.
+    var accounts: [String: AccountRow] = [:]
+    /// Its transfer ids and the payment requests it pays.
+    var transferIds: Set<String> = []
+    var requests: Set<String> = []
+
+    /// Whether `posts` may be decided before this batch commits: not when one of them is a refund, has an
+    /// id of this batch (a retry) or pays a request this batch pays. Those wait for its commit.
+    func allows(_ posts: [TransferPost]) -> Bool {
+        !posts.contains { post in
+            post.refundOf != nil || transferIds.contains(post.transferId)
+                || post.paymentRequestId.map(requests.contains) == true
+        }
+    }
+}
+
+/// A batch read, decided and sent: its writes and commit are on the wire on `db` (`pending`, nil when it
+/// has nothing to write), and `replies` holds what each transfer gets once they commit.
+struct SentBatch {
+    let posts: [TransferPost]
+    let replies: [BusReply?]
+    /// The index of the first occurrence of each new transfer id.
+    let seen: [String: Int]
+    let db: PGConnection
+    let pending: PGSentPipeline?
+    let overlay: Overlay
 }
 
 /// Gathers the answers of one `post(batch:)`, and hands them over once the last one is in.

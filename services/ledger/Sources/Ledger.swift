@@ -280,7 +280,12 @@ public enum LedgerStage {
         let workers = try values.int(
             Setting("WIPAY_LEDGER_BATCH_WORKERS", flag: "batch-workers", default: "1", "Batches in flight at once."),
             range: 1...16)
-        return BatchSettings(maxBatch: maxBatch, maxWait: .microseconds(waitMicros), workers: workers)
+        let overlap = try values.int(
+            Setting(
+                "WIPAY_LEDGER_BATCH_OVERLAP", flag: "batch-overlap", default: "1",
+                "1: decide the next batch while one commits; 0: one batch at a time."),
+            range: 0...1)
+        return BatchSettings(maxBatch: maxBatch, maxWait: .microseconds(waitMicros), workers: workers, overlap: overlap == 1)
     }
 
     public static func run(config: RuntimeConfig) async throws {

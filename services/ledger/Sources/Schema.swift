@@ -4,6 +4,9 @@ import Postgres
 /// ledger instances start at once: the whole run holds a transaction-level advisory lock.
 public enum LedgerSchema {
     static let lockKey = 0x5750_4C44  // "WPLD"
+    /// The SQLSTATE `ledger.lock_unchanged` raises: a batch was decided on account states that did not
+    /// commit, or that changed since; nothing of it was applied, and it is done again the plain way.
+    public static let staleDecisionState = "WPSTL"
 
     public static let migrations: [(version: Int, sql: String)] = [
         (
@@ -66,7 +69,33 @@ public enum LedgerSchema {
                 failed_at          timestamptz NOT NULL DEFAULT now()
             );
             """
-        )
+        ),
+        (
+            2,
+            """
+            -- The first statement of a batch decided while the batch before it was still committing
+            -- (services/ledger, BatchEngine): locks the accounts it read, in id order like every batch, and
+            -- refuses the whole transaction when one is no longer what the decisions started from.
+            CREATE FUNCTION ledger.lock_unchanged(
+                p_ids text[], p_debits bigint[], p_credits bigint[], p_failures smallint[], p_locked boolean[]
+            ) RETURNS void LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM 1 FROM ledger.accounts WHERE id = ANY (p_ids) ORDER BY id FOR UPDATE;
+                IF EXISTS (
+                    SELECT 1
+                    FROM unnest(p_ids, p_debits, p_credits, p_failures, p_locked) AS v(id, debits, credits, failures, locked)
+                    LEFT JOIN ledger.accounts a ON a.id = v.id
+                    WHERE a.id IS NULL
+                       OR (a.debits, a.credits, a.pin_failures, a.locked)
+                          IS DISTINCT FROM (v.debits, v.credits, v.failures, v.locked)
+                ) THEN
+                    RAISE EXCEPTION 'accounts changed after the batch was decided'
+                        USING ERRCODE = 'WPSTL', HINT = 'the batch is done again with its reads locked';
+                END IF;
+            END
+            $$;
+            """
+        ),
     ]
 
     /// Creates the schema and applies every migration not applied yet, in one transaction.
