@@ -2,13 +2,16 @@
 # The ledger benchmark behind docs/benchmarks.md: a throwaway PostgreSQL (fsync and synchronous_commit
 # on), the bus and one ledger in release mode, accounts seeded in SQL, then in one run:
 #   pgbench's built-in TPC-B-like load (the single-transaction reference),
-#   paybench ledger: hot mix flat out, uniform mix flat out, hot mix at a steady 5,000/s,
+#   paybench ledger: hot mix flat out, the same with callers that batch (BATCH_MSG transfers per
+#   transfer.post.batch message, as the payment-router sends them, and as many in flight in all),
+#   uniform mix flat out, hot mix at a steady 5,000/s,
 #   the same again after growing the book to BIG_WALLETS accounts.
-# Usage: ops/scripts/bench-ledger.sh [DURATION_SECONDS]     (env: WALLETS, BIG_WALLETS, MERCHANTS, CONCURRENCY)
+# Usage: ops/scripts/bench-ledger.sh [DURATION_SECONDS]     (env: WALLETS, BIG_WALLETS, MERCHANTS, CONCURRENCY, BATCH_MSG,
+#                                                              KEEP_LOGS=DIR keeps the logs)
 #        AB_LEDGER=/path/to/another/ledger ops/scripts/bench-ledger.sh [DURATION_SECONDS]
 #            A/B in one run: after pgbench, this build's ledger (A) and that one (B, e.g. built from an earlier
 #            commit in a git worktree) take turns on the same database — hot mix flat out, then at 5,000/s —
-#            twice each, A B A B, so both see the same machine.
+#            twice each, A B A B, so both see the same machine (plus the batching callers when BATCH_MSG > 1).
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
 cd "$REPO_ROOT"
@@ -17,6 +20,8 @@ WALLETS="${WALLETS:-10000}"
 BIG_WALLETS="${BIG_WALLETS:-1000000}"
 MERCHANTS="${MERCHANTS:-1000}"
 CONCURRENCY="${CONCURRENCY:-2048}"
+BATCH_MSG="${BATCH_MSG:-32}"
+BATCH_CALLERS=$(( CONCURRENCY / BATCH_MSG > 0 ? CONCURRENCY / BATCH_MSG : 1 ))
 say() { printf '\n== %s\n' "$*"; }
 
 ops/scripts/deps.sh
@@ -32,6 +37,7 @@ cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
     ops/scripts/pg.sh stop "$work/pg" >/dev/null 2>&1
+    if [[ -n "${KEEP_LOGS:-}" ]]; then mkdir -p "$KEEP_LOGS" && cp "$work"/*.log "$KEEP_LOGS"/; cp "$work"/pg/log "$KEEP_LOGS"/postgres.log 2>/dev/null; fi
     rm -rf -- "$work"
 }
 trap cleanup EXIT
@@ -140,6 +146,10 @@ if [[ -n "${AB_LEDGER:-}" ]]; then
         for side in A B; do
             if [[ $side == A ]]; then start_ledger "$BIN/ledger"; else start_ledger "$AB_LEDGER"; fi
             run "$side (round $round): paybench hot mix, flat out, $WALLETS wallets" --mix hot --concurrency "$CONCURRENCY" --prefix "ab$round$side"
+            if (( BATCH_MSG > 1 )); then
+                run "$side (round $round): paybench hot mix, flat out, $BATCH_CALLERS callers × $BATCH_MSG per message, $WALLETS wallets" \
+                    --mix hot --concurrency "$BATCH_CALLERS" --batch "$BATCH_MSG" --prefix "ad$round$side"
+            fi
             run "$side (round $round): paybench hot mix at 5,000/s, $WALLETS wallets" --mix hot --rate 5000 --prefix "ac$round$side"
         done
     done
@@ -148,6 +158,10 @@ if [[ -n "${AB_LEDGER:-}" ]]; then
     exit 0
 fi
 run "paybench hot mix, flat out, $WALLETS wallets" --mix hot --concurrency "$CONCURRENCY" --prefix a
+if (( BATCH_MSG > 1 )); then
+    run "paybench hot mix, flat out, $BATCH_CALLERS callers × $BATCH_MSG per message, $WALLETS wallets" \
+        --mix hot --concurrency "$BATCH_CALLERS" --batch "$BATCH_MSG" --prefix f
+fi
 run "paybench uniform mix, flat out, $WALLETS wallets" --mix uniform --concurrency "$CONCURRENCY" --prefix b
 run "paybench hot mix at 5,000/s, $WALLETS wallets" --mix hot --rate 5000 --prefix c
 

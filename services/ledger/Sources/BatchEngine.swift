@@ -156,6 +156,9 @@ public final class BatchEngine: Sendable {
     private final class Lane {
         var connections: [PGConnection?] = [nil, nil]
         var inFlight: InFlight?
+        /// After a batch had to be done again, batches go the plain way until then: where another instance
+        /// keeps changing the same accounts, deciding ahead would mostly be work thrown away.
+        var plainUntil = ContinuousClock.now
     }
 
     private struct InFlight {
@@ -183,7 +186,9 @@ public final class BatchEngine: Sendable {
             queueDepth.record(queued)
             let posts = jobs.map(\.post)
             var overlay: Overlay?
-            if settings.overlap, let inFlight = lane.inFlight, inFlight.batch.overlay.allows(posts) {
+            if settings.overlap, let inFlight = lane.inFlight, ContinuousClock.now >= lane.plainUntil,
+                inFlight.batch.overlay.allows(posts)
+            {
                 overlay = inFlight.batch.overlay
             } else if lane.inFlight != nil {
                 // This batch touches what the one on the wire holds (a retried id, a request it pays, a
@@ -224,6 +229,8 @@ public final class BatchEngine: Sendable {
 
     /// Waits for work (as long as the thread is idle), then for company: until a quarter batch is queued, or
     /// `maxWait` at most. Empty when nothing came.
+    static let plainAfterRedo = Duration.seconds(1)
+
     private func waitForJobs() -> [Job] {
         let idle = queue.withLock { queue -> Bool in
             if queue.jobs.isEmpty { queue.threadsWaiting += 1 }
@@ -273,6 +280,7 @@ public final class BatchEngine: Sendable {
         if let error = error as? PGError, error.sqlState == LedgerSchema.staleDecisionState {
             tally.withLock { $0.redone += 1 }
             redoneBatches.increment()
+            lane.plainUntil = ContinuousClock.now + Self.plainAfterRedo
             logger.debug("ledger batch decided on a state that did not commit; doing it again", metadata: ["batch.size": "\(size)"])
         } else {
             logger.warning("ledger batch failed; doing it again", metadata: ["batch.size": "\(size)", "error": "\(error)"])
